@@ -1,0 +1,3 @@
+"""Zapora food-ordering API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Controller setup, idempotent: installs what is missing and starts the Docker engine.
+# Run by `make setup` (and by every make target that needs it). A second run takes seconds.
+#
+# Environment:
+#   ZAPORA_DOCKER_LOG   where a dockerd started here logs (default /var/log/zapora-dockerd.log)
+#   ZAPORA_PYTHON       interpreter for .venv (default python3; needs 3.11+)
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo/.venv"
+python="${ZAPORA_PYTHON:-python3}"
+docker_log="${ZAPORA_DOCKER_LOG:-/var/log/zapora-dockerd.log}"
+
+say() { printf '>> %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$1" >&2; shift; for l in "$@"; do printf '       %s\n' "$l" >&2; done; exit 1; }
+
+# --- controller OS -----------------------------------------------------------------
+if [[ ! -r /etc/os-release ]]; then
+    die "cannot tell the controller's OS (/etc/os-release is missing)." \
+        "Zapora's controller setup supports Debian 12+ and Ubuntu 22.04+."
+fi
+# shellcheck disable=SC1091
+. /etc/os-release
+case " ${ID:-} ${ID_LIKE:-} " in
+    *" debian "*|*" ubuntu "*) ;;
+    *) die "unsupported controller OS '${PRETTY_NAME:-$ID}'." \
+           "Run the controller on Debian 12+ or Ubuntu 22.04+ (a VM or container is fine)." ;;
+esac
+
+# --- root ---------------------------------------------------------------------------
+SUDO=""
+if [[ $EUID -ne 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        SUDO="sudo -n"
+    else
+        die "setup needs root: it installs Debian packages and starts the Docker engine." \
+            "Run 'sudo make setup' once (or give this user passwordless sudo), then run" \
+            "make again. After setup, the user also needs access to /var/run/docker.sock."
+    fi
+fi
+
+# --- Debian packages ----------------------------------------------------------------
+# docker.io et al.: the engine for the lab and molecule; debootstrap: the base image;
+# postgresql, redis-server: the real servers the API tests start on loopback;
+# nftables, openssh-client: firewall syntax checks and SSH to the lab hosts.
+apt_packages=(docker.io containerd runc iptables debootstrap openssh-client rsync
+              postgresql redis-server nftables make git curl python3-venv)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    say "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+    # The packaged servers must not hold the ports the tests use: tests start their own.
+    for svc in postgresql redis-server; do
+        $SUDO service "$svc" stop >/dev/null 2>&1 || true
+    done
+fi
+
+# --- Docker engine ------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+    if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+        say "starting docker.service"
+        $SUDO systemctl start docker || true
+    else
+        # No systemd (CI machines, containers): start the daemon in the background.
+        say "starting dockerd in the background (log: $docker_log)"
+        $SUDO sh -c "nohup dockerd >>'$docker_log' 2>&1 &"
+    fi
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 1
+    done
+    docker info >/dev/null 2>&1 || die "the Docker engine did not start within 60 s." \
+        "See $docker_log (or 'journalctl -u docker'); fix the cause, then run make again."
+fi
+
+# --- Python venv --------------------------------------------------------------------
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$python is older than 3.11; ansible-core 2.19 needs 3.11+." \
+           "Set ZAPORA_PYTHON to a newer interpreter."
+lock="$repo/requirements/dev.txt"
+stamp="$venv/.zapora-lock.sha256"
+want="$(cat "$lock" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    say "installing the controller venv from requirements/dev.txt"
+    [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q --require-hashes -r "$lock"
+    "$venv/bin/pip" install -q --no-deps -e "$repo"
+    echo "$want" >"$stamp"
+fi
+say "setup done: $(docker version --format 'docker {{.Server.Version}}'), $("$venv/bin/ansible" --version | head -1)"
