@@ -29,18 +29,18 @@ image: setup  ## build the Debian 13 systemd base image if its recipe changed
 	@echo ">> base image $(ZAPORA_BASE_IMAGE)"
 
 lab: image  ## bring the whole appliance up on the local lab and print its URLs
-	ansible-playbook playbooks/lab-up.yml
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-up.yml
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/site.yml
-	@ansible-playbook playbooks/lab-status.yml
+	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-status.yml
 
 lab-up: image  ## start the lab's hosts only (no site.yml)
-	ansible-playbook playbooks/lab-up.yml
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-up.yml
 
 lab-down: setup  ## remove every container, network and volume the lab made
-	ansible-playbook playbooks/lab-down.yml
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-down.yml
 
 lab-status: setup  ## show the lab's hosts and URLs
-	@ansible-playbook playbooks/lab-status.yml
+	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-status.yml
 
 lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check of every playbook
 	ruff check app tests bench

@@ -64,6 +64,9 @@ for unit in getty@tty1.service serial-getty@.service console-getty.service \
     ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 
+# The lab copies its SSH key here; sshd insists on these modes.
+install -d -m 0700 "$root/root/.ssh"
+
 # Each container gets its own identity at first boot.
 : >"$root/etc/machine-id"
 rm -f "$root/etc/hostname" "$root/etc/ssh/ssh_host_"*

@@ -1,0 +1,112 @@
+"""Fixtures for the end-to-end suite: the running lab, read from its inventory.
+
+The lab is brought up by `make lab` (make test-e2e does it first). These tests do not
+start or skip around it: when the lab is down they fail and say how to start it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INVENTORY = REPO / "inventory" / "lab"
+LAB_KEY = REPO / ".lab" / "id_ed25519"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    address: str
+    groups: list[str]
+    ports: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Lab:
+    name: str
+    subnet: str
+    gateway: str
+    hosts: dict[str, LabHost]
+    groups: dict[str, list[str]]
+
+    def container(self, host: str) -> str:
+        return f"{self.name}-{host}"
+
+    def ssh(
+        self, host: str, command: str, check: bool = True, timeout: int = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `command` as root on a lab host over SSH with the lab key, as Ansible does."""
+        address = self.hosts[host].address
+        result = subprocess.run(
+            [
+                "ssh",
+                "-i", str(LAB_KEY),
+                "-o", "IdentitiesOnly=yes",
+                "-o", "BatchMode=yes",
+                "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=no",
+                "-o", "LogLevel=ERROR",
+                "-o", "ConnectTimeout=10",
+                f"root@{address}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"ssh {host} ({address}) {command!r} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+
+def _inventory() -> dict[str, object]:
+    # The venv's tool, also when pytest is started without .venv/bin on PATH.
+    beside = Path(sys.executable).parent / "ansible-inventory"
+    tool = str(beside) if beside.exists() else shutil.which("ansible-inventory")
+    assert tool, "ansible-inventory not found: run `make setup` (it creates .venv)"
+    out = subprocess.run(
+        [tool, "-i", str(INVENTORY), "--list"], capture_output=True, text=True, check=True
+    )
+    data: dict[str, object] = json.loads(out.stdout)
+    return data
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    inv = _inventory()
+    hostvars: dict[str, dict[str, object]] = inv["_meta"]["hostvars"]  # type: ignore[index]
+    groups: dict[str, list[str]] = {}
+    for group, body in inv.items():
+        if group in ("_meta", "all") or not isinstance(body, dict):
+            continue
+        groups[group] = list(body.get("hosts", []))
+    hosts = {
+        name: LabHost(
+            name=name,
+            address=str(hv["ansible_host"]),
+            groups=sorted(g for g, members in groups.items() if name in members),
+            ports=[str(p) for p in hv.get("lab_ports", [])],  # type: ignore[attr-defined]
+        )
+        for name, hv in hostvars.items()
+    }
+    any_vars = next(iter(hostvars.values()))
+    result = Lab(
+        name=str(any_vars["lab_name"]),
+        subnet=str(any_vars["lab_network_subnet"]),
+        gateway=str(any_vars["lab_network_gateway"]),
+        hosts=hosts,
+        groups=groups,
+    )
+    assert LAB_KEY.exists(), f"{LAB_KEY} is missing: the lab is not up. Run `make lab` first."
+    return result
