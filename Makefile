@@ -13,9 +13,19 @@ export ZAPORA_BASE_IMAGE = $(shell images/base/build.sh --ref)
 
 ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml)))
 PLAYBOOKS = $(wildcard playbooks/*.yml)
+PY_DIRS = $(wildcard app tests bench)
 LAB_INVENTORY := inventory/lab
+RESULTS := .cache/test-results
 
-.PHONY: help setup image lab lab-up lab-down lab-status lint test test-app test-roles \
+# pytest for one suite: $(call pytest,NAME,ARGS). Exit 5 ("no tests collected") is a
+# failure here: a suite that runs nothing proves nothing.
+define pytest
+	@mkdir -p $(RESULTS)
+	pytest --junitxml=$(RESULTS)/$(1).xml $(2); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests for $(1)"; exit 1; fi; exit $$rc
+endef
+
+.PHONY: help setup image lab lab-up lab-down lab-status lint test test-unit test-app test-roles \
         test-role test-e2e lock bench clean
 
 help:  ## list the targets
@@ -43,32 +53,43 @@ lab-status: setup  ## show the lab's hosts and URLs
 	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-status.yml
 
 lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check of every playbook
-	ruff check app tests bench
-	ruff format --check app tests bench
+	ruff check $(PY_DIRS)
+	ruff format --check $(PY_DIRS)
 	mypy
 	yamllint -s .
 	ansible-lint
 	for pb in $(PLAYBOOKS); do ansible-playbook -i $(LAB_INVENTORY) --syntax-check "$$pb" >/dev/null || exit 1; done
 	@echo ">> syntax-check ok: $(words $(PLAYBOOKS)) playbooks"
 
+test-unit: setup  ## fast checks of the repository's own conventions
+	$(call pytest,unit,tests/unit)
+
 test-app: setup  ## the API's tests against real PostgreSQL and Redis
-	pytest tests/app
+	$(call pytest,app,tests/app)
 
 test-role: image  ## molecule test for one role: make test-role ROLE=name
 	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<name>; roles with scenarios: $(ROLES_WITH_SCENARIOS)"; exit 2; }
 	cd roles/$(ROLE) && molecule test
 
 test-roles: image  ## molecule test for every role with a scenario
-	@for r in $(ROLES_WITH_SCENARIOS); do \
+	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt; rc=0; \
+	for r in $(ROLES_WITH_SCENARIOS); do \
 	  echo ">> molecule: $$r"; start=$$(date +%s); \
-	  (cd roles/$$r && molecule test) || exit 1; \
-	  echo ">> molecule: $$r passed in $$(( $$(date +%s) - start )) s"; \
-	done
+	  if (cd roles/$$r && molecule test); then outcome=passed; else outcome=failed; rc=1; fi; \
+	  echo "$$r $$outcome $$(( $$(date +%s) - start ))" | tee -a $(RESULTS)/molecule.txt; \
+	done; exit $$rc
 
 test-e2e: lab  ## the end-to-end suite against the running lab
-	pytest -m e2e tests/e2e
+	$(call pytest,e2e,-m e2e tests/e2e)
 
-test: lint test-app test-roles test-e2e  ## every test: lint, app, molecule, end-to-end
+test:  ## every test: lint, unit, app, molecule, end-to-end; then a summary line
+	@rm -rf $(RESULTS); rc=0; \
+	for t in lint test-unit test-app test-roles test-e2e; do \
+	  echo "==== make $$t"; start=$$(date +%s); \
+	  if $(MAKE) --no-print-directory $$t; then s=ok; else s=FAILED; rc=1; fi; \
+	  echo "==== make $$t: $$s in $$(( $$(date +%s) - start )) s"; \
+	done; \
+	python3 scripts/test-summary.py $(RESULTS) || rc=1; exit $$rc
 
 lock:  ## regenerate requirements/*.txt (pins and hashes, no index URLs) from pyproject.toml
 	pip-compile -q --generate-hashes --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \

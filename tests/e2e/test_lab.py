@@ -17,9 +17,7 @@ EXPECTED_HOSTS = {"edge1", "app1", "app2", "db1", "db2", "mon1"}
 
 
 def docker_inspect(name: str) -> dict[str, object]:
-    out = subprocess.run(
-        ["docker", "inspect", name], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run(["docker", "inspect", name], capture_output=True, text=True, check=False)
     assert out.returncode == 0, f"container {name} does not exist: {out.stderr.strip()}"
     data: list[dict[str, object]] = json.loads(out.stdout)
     return data[0]
@@ -84,12 +82,18 @@ def test_a_client_without_the_lab_key_is_refused(lab: Lab) -> None:
     out = subprocess.run(
         [
             "ssh",
-            "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "IdentityFile=/dev/null",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "ConnectTimeout=10",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityFile=/dev/null",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "ConnectTimeout=10",
             f"root@{lab.hosts['db1'].address}",
             "true",
         ],

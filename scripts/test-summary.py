@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Add up what `make test` ran: pytest's JUnit files and molecule's scenario results.
+
+Prints one closing line, `total: N passed, M failed`, and the per-suite figures above it.
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+results = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/test-results")
+passed = failed = skipped = 0
+for junit in sorted(results.glob("*.xml")):
+    root = ET.parse(junit).getroot()
+    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+    t = sum(int(s.get("tests", 0)) for s in suites)
+    f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+    s_ = sum(int(s.get("skipped", 0)) for s in suites)
+    print(f"{junit.stem}: {t - f - s_} passed, {f} failed, {s_} skipped")
+    passed += t - f - s_
+    failed += f
+    skipped += s_
+molecule = results / "molecule.txt"
+if molecule.exists():
+    for line in molecule.read_text().splitlines():
+        role, outcome, seconds = line.split()
+        print(f"molecule {role}: {outcome} in {seconds} s")
+        if outcome == "passed":
+            passed += 1
+        else:
+            failed += 1
+not_run = results / "not-run.txt"
+if not_run.exists():
+    for line in not_run.read_text().splitlines():
+        print(f"NOT RUN here: {line}")
+print(f"total: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+sys.exit(1 if failed or passed == 0 else 0)
