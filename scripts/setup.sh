@@ -28,17 +28,18 @@ case " ${ID:-} ${ID_LIKE:-} " in
            "Run the controller on Debian 12+ or Ubuntu 22.04+ (a VM or container is fine)." ;;
 esac
 
-# --- root ---------------------------------------------------------------------------
+# --- root (only when something must be installed or started) ------------------------
 SUDO=""
-if [[ $EUID -ne 0 ]]; then
+need_root() {
+    [[ $EUID -eq 0 ]] && return 0
     if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
         SUDO="sudo -n"
-    else
-        die "setup needs root: it installs Debian packages and starts the Docker engine." \
-            "Run 'sudo make setup' once (or give this user passwordless sudo), then run" \
-            "make again. After setup, the user also needs access to /var/run/docker.sock."
+        return 0
     fi
-fi
+    die "setup needs root to $1." \
+        "Run 'sudo make setup' once (or give this user passwordless sudo), then run make" \
+        "again as this user; it also needs access to /var/run/docker.sock (group docker)."
+}
 
 # --- Debian packages ----------------------------------------------------------------
 # docker.io et al.: the engine for the lab and molecule; debootstrap: the base image;
@@ -51,6 +52,7 @@ for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
+    need_root "install Debian packages (${missing[*]})"
     say "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
@@ -62,6 +64,12 @@ fi
 
 # --- Docker engine ------------------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then
+    if [[ $EUID -ne 0 && -S /var/run/docker.sock ]] && pgrep -x dockerd >/dev/null; then
+        die "the Docker engine runs, but this user may not use /var/run/docker.sock." \
+            "Add the user to group docker ('sudo usermod -aG docker $(id -un)', then log in" \
+            "again) or run make as root."
+    fi
+    need_root "start the Docker engine"
     if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
         say "starting docker.service"
         $SUDO systemctl start docker || true
@@ -88,8 +96,9 @@ want="$(cat "$lock" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     say "installing the controller venv from requirements/dev.txt"
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q --require-hashes -r "$lock"
-    "$venv/bin/pip" install -q --no-deps -e "$repo"
+    # (grep: some machines' pip config names find-links folders that do not exist.)
+    "$venv/bin/pip" install -q --require-hashes -r "$lock" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    "$venv/bin/pip" install -q --no-deps -e "$repo" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
     echo "$want" >"$stamp"
 fi
-say "setup done: $(docker version --format 'docker {{.Server.Version}}'), $("$venv/bin/ansible" --version | head -1)"
+say "setup done: $(docker version --format 'docker {{.Server.Version}}'), $("$venv/bin/ansible" --version | sed -n 1p)"
