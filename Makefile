@@ -88,6 +88,7 @@ test:  ## every test: lint, unit, app, molecule, end-to-end; then a summary line
 	  echo "==== make $$t"; start=$$(date +%s); \
 	  if $(MAKE) --no-print-directory $$t; then s=ok; else s=FAILED; rc=1; fi; \
 	  echo "==== make $$t: $$s in $$(( $$(date +%s) - start )) s"; \
+	  mkdir -p $(RESULTS); echo "$$t $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt; \
 	done; \
 	python3 scripts/test-summary.py $(RESULTS) || rc=1; exit $$rc
 

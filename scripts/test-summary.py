@@ -31,6 +31,15 @@ if molecule.exists():
             passed += 1
         else:
             failed += 1
+targets = results / "targets.txt"
+if targets.exists():
+    for line in targets.read_text().splitlines():
+        target, outcome, seconds = line.split()
+        print(f"make {target}: {outcome} in {seconds} s")
+        if outcome != "ok":
+            # A step that failed before its tests could report (a lint error, a lab that
+            # did not come up) still counts: the summary never reads green over a red run.
+            failed += 1
 not_run = results / "not-run.txt"
 if not_run.exists():
     for line in not_run.read_text().splitlines():
