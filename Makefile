@@ -13,7 +13,7 @@ export ZAPORA_BASE_IMAGE = $(shell images/base/build.sh --ref)
 
 ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml)))
 PLAYBOOKS = $(wildcard playbooks/*.yml)
-PY_DIRS = $(wildcard app tests bench)
+PY_DIRS = $(wildcard app tests bench scripts)
 LAB_INVENTORY := inventory/lab
 RESULTS := .cache/test-results
 
