@@ -104,3 +104,22 @@ def test_a_client_without_the_lab_key_is_refused(lab: Lab) -> None:
     )
     assert out.returncode == 255
     assert "Permission denied" in out.stderr
+
+
+def test_the_lab_has_exactly_one_container_per_host(lab: Lab) -> None:
+    """Re-running make lab converges: no duplicate or stray hosts."""
+    out = subprocess.run(
+        [
+            "docker",
+            "ps",
+            "-a",
+            "--filter",
+            f"label=org.zapora.lab={lab.name}",
+            "--format",
+            "{{.Names}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert sorted(out) == sorted(lab.container(h) for h in lab.hosts)
