@@ -1,0 +1,40 @@
+"""The FastAPI application factory (gunicorn: `zapora.api.app:create_app()`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from zapora.api import problems
+from zapora.api.middleware import RequestContextMiddleware
+from zapora.api.routers import audit, auth, health, menus, orders, users
+from zapora.infra.logging import setup_logging
+from zapora.infra.tracing import setup_tracing
+from zapora.services.context import Infra
+from zapora.services.registry import Services
+from zapora.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    setup_logging(settings.log_level)
+    setup_tracing(settings.service_name, settings.otlp_endpoint)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        infra = Infra.from_settings(settings)
+        await infra.open()
+        app.state.services = Services.build(infra)
+        try:
+            yield
+        finally:
+            await infra.close()
+
+    app = FastAPI(title="Zapora API", version="0.1.0", lifespan=lifespan)
+    problems.install(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    for module in (health, auth, users, menus, orders, audit):
+        app.include_router(module.router)
+    return app

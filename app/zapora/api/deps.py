@@ -1,0 +1,101 @@
+"""Request dependencies: the services, the caller, the page, and permission checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from zapora.infra.security import InvalidToken
+from zapora.services.common import Actor, Forbidden, Origin, Page, Role, Unauthorized
+from zapora.services.registry import Services
+
+_bearer = HTTPBearer(auto_error=False)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def client_ip(request: Request, services: ServicesDep) -> str | None:
+    hops = services.infra.settings.trusted_proxy_hops
+    forwarded = request.headers.get("x-forwarded-for")
+    if hops and forwarded:
+        chain = [part.strip() for part in forwarded.split(",") if part.strip()]
+        # Only the addresses our own proxies appended can be trusted.
+        if len(chain) >= hops:
+            return chain[-hops]
+    return request.client.host if request.client else None
+
+
+def get_origin(request: Request, services: ServicesDep) -> Origin:
+    ip = client_ip(request, services)
+    request.state.client_ip = ip
+    return Origin(client_ip=ip, request_id=getattr(request.state, "request_id", None))
+
+
+OriginDep = Annotated[Origin, Depends(get_origin)]
+
+
+async def current_actor(request: Request, services: ServicesDep, credentials: Bearer) -> Actor:
+    if credentials is None:
+        raise Unauthorized("Sign in to use this endpoint.")
+    actor, _ = await services.auth.authenticate(credentials.credentials)
+    request.state.user_id = str(actor.id)
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+async def fresh_reads(services: ServicesDep, credentials: Bearer) -> bool:
+    """True when the caller wrote recently and must read from the primary."""
+    if services.infra.db.replica is None:
+        return True
+    if credentials is None:
+        return False
+    try:
+        claims = services.infra.tokens.decode(credentials.credentials, "access")
+    except InvalidToken:
+        return False
+    return await services.infra.is_fresh(claims.sub)
+
+
+FreshReads = Annotated[bool, Depends(fresh_reads)]
+
+
+def _require(*roles: Role):  # type: ignore[no-untyped-def]
+    async def check(
+        actor: CurrentActor, services: ServicesDep, origin: OriginDep, request: Request
+    ) -> Actor:
+        if actor.role not in roles:
+            await services.audit.record(
+                "permission.denied",
+                actor_id=actor.id,
+                origin=origin,
+                details={"method": request.method, "path": request.url.path, "role": actor.role},
+            )
+            raise Forbidden("You do not have permission to do this.")
+        return actor
+
+    return check
+
+
+StaffActor = Annotated[Actor, Depends(_require(Role.staff, Role.admin))]
+AdminActor = Annotated[Actor, Depends(_require(Role.admin))]
+
+
+def get_page(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> Page:
+    return Page(limit=limit, offset=offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query, Response
+
+from zapora.api.deps import FreshReads, OriginDep, PageDep, ServicesDep, StaffActor
+from zapora.api.schemas import (
+    MenuIn,
+    MenuItemIn,
+    MenuItemOut,
+    MenuItemPatch,
+    MenuOut,
+    MenuPatch,
+    PageOut,
+)
+from zapora.api.strict_json import StrictJSONRoute
+from zapora.services.menus import ItemFilter
+
+router = APIRouter(tags=["menus"], route_class=StrictJSONRoute)
+
+
+@router.get("/menus", response_model=PageOut[MenuOut])
+async def list_menus(services: ServicesDep, page: PageDep, fresh: FreshReads) -> Any:
+    rows, total = await services.menus.list_menus(page, fresh)
+    return {"items": rows, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/menus/{menu_id}", response_model=MenuOut)
+async def get_menu(menu_id: UUID, services: ServicesDep, fresh: FreshReads) -> Any:
+    return await services.menus.get_menu(menu_id, fresh)
+
+
+@router.post("/menus", status_code=201, response_model=MenuOut)
+async def create_menu(
+    body: MenuIn, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Any:
+    return await services.menus.create_menu(actor, origin, body.name, body.description)
+
+
+@router.patch("/menus/{menu_id}", response_model=MenuOut)
+async def update_menu(
+    menu_id: UUID, body: MenuPatch, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Any:
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    return await services.menus.update_menu(actor, origin, menu_id, changes)
+
+
+@router.delete("/menus/{menu_id}", status_code=204)
+async def delete_menu(
+    menu_id: UUID, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Response:
+    await services.menus.delete_menu(actor, origin, menu_id)
+    return Response(status_code=204)
+
+
+@router.get("/menu-items", response_model=PageOut[MenuItemOut])
+async def list_menu_items(
+    services: ServicesDep,
+    page: PageDep,
+    menu_id: UUID | None = None,
+    available: bool | None = None,
+    q: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00]*$")] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    cached = await services.menus.list_items_cached(page, ItemFilter(menu_id, available, q))
+    headers = {"ETag": cached.etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None and cached.etag in {t.strip() for t in if_none_match.split(",")}:
+        return Response(status_code=304, headers=headers)
+    return Response(cached.body, media_type="application/json", headers=headers)
+
+
+@router.get("/menu-items/{item_id}", response_model=MenuItemOut)
+async def get_menu_item(item_id: UUID, services: ServicesDep, fresh: FreshReads) -> Any:
+    return await services.menus.get_item(item_id, fresh)
+
+
+@router.post("/menu-items", status_code=201, response_model=MenuItemOut)
+async def create_menu_item(
+    body: MenuItemIn, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Any:
+    return await services.menus.create_item(actor, origin, body.model_dump())
+
+
+@router.patch("/menu-items/{item_id}", response_model=MenuItemOut)
+async def update_menu_item(
+    item_id: UUID, body: MenuItemPatch, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Any:
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    return await services.menus.update_item(actor, origin, item_id, changes)
+
+
+@router.delete("/menu-items/{item_id}", status_code=204)
+async def delete_menu_item(
+    item_id: UUID, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Response:
+    await services.menus.delete_item(actor, origin, item_id)
+    return Response(status_code=204)
