@@ -34,7 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Zapora API", version="0.1.0", lifespan=lifespan)
     problems.install(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        trusted_proxy_hops=settings.trusted_proxy_hops,
+    )
     for module in (health, auth, users, menus, orders, audit):
         app.include_router(module.router)
     return app

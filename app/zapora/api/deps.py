@@ -23,21 +23,12 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def client_ip(request: Request, services: ServicesDep) -> str | None:
-    hops = services.infra.settings.trusted_proxy_hops
-    forwarded = request.headers.get("x-forwarded-for")
-    if hops and forwarded:
-        chain = [part.strip() for part in forwarded.split(",") if part.strip()]
-        # Only the addresses our own proxies appended can be trusted.
-        if len(chain) >= hops:
-            return chain[-hops]
-    return request.client.host if request.client else None
-
-
-def get_origin(request: Request, services: ServicesDep) -> Origin:
-    ip = client_ip(request, services)
-    request.state.client_ip = ip
-    return Origin(client_ip=ip, request_id=getattr(request.state, "request_id", None))
+def get_origin(request: Request) -> Origin:
+    state = request.state
+    return Origin(
+        client_ip=getattr(state, "client_ip", None),
+        request_id=getattr(state, "request_id", None),
+    )
 
 
 OriginDep = Annotated[Origin, Depends(get_origin)]

@@ -29,9 +29,10 @@ class BodyTooLarge(HTTPException):
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, trusted_proxy_hops: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.trusted_proxy_hops = trusted_proxy_hops
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +45,7 @@ class RequestContextMiddleware:
             request_id = uuid.uuid4().hex
         scope.setdefault("state", {})
         scope["state"]["request_id"] = request_id
+        scope["state"]["client_ip"] = self._client_ip(scope, headers)
         method = scope["method"]
         status = 500
         response_started = False
@@ -97,6 +99,16 @@ class RequestContextMiddleware:
                     self._finish(scope, method, status, started, request_id, trace_id, span)
                     raise
             self._finish(scope, method, status, started, request_id, trace_id, span)
+
+    def _client_ip(self, scope: Scope, headers: dict[str, str]) -> str | None:
+        forwarded = headers.get("x-forwarded-for")
+        if self.trusted_proxy_hops and forwarded:
+            chain = [part.strip() for part in forwarded.split(",") if part.strip()]
+            # Only the addresses our own proxies appended can be trusted, counted from the end.
+            if len(chain) >= self.trusted_proxy_hops:
+                return chain[-self.trusted_proxy_hops]
+        client = scope.get("client")
+        return str(client[0]) if client else None
 
     def _finish(
         self,
