@@ -15,10 +15,11 @@ import redis
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
-from . import servers as srv
 from zapora.api.app import create_app
 from zapora.migrate import upgrade
 from zapora.settings import Settings
+
+from . import servers as srv
 
 PASSWORD = "correct horse battery"
 TABLES = (
