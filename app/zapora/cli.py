@@ -111,6 +111,20 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Liveness probe for the container's HEALTHCHECK: the port follows ZAPORA_BIND."""
+    import urllib.request
+
+    host, _, port = os.environ.get("ZAPORA_BIND", "127.0.0.1:8000").rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - a wildcard bind, probed on loopback
+        host = "127.0.0.1"
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health/live", timeout=2) as r:
+            return 0 if r.status == 200 else 1
+    except OSError:
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zapora", description="Zapora food-ordering API")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("openapi", help="print the OpenAPI document").set_defaults(func=_openapi)
     sub.add_parser("worker", help="consume the order-event stream").set_defaults(func=_worker)
     sub.add_parser("serve", help="run the API under gunicorn").set_defaults(func=_serve)
+    sub.add_parser("healthcheck", help="exit 0 when this host's API is live").set_defaults(
+        func=_healthcheck
+    )
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

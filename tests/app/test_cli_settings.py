@@ -103,3 +103,8 @@ def test_settings_secret_rules(tmp_path: Path) -> None:
     assert settings.redis_password is not None
     assert settings.redis_password.get_secret_value() == "s3cret"
     assert "jwt_secret" not in settings.model_dump()
+
+
+def test_healthcheck_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZAPORA_BIND", f"0.0.0.0:{srv.free_port()}")
+    assert cli.main(["healthcheck"]) == 1
