@@ -115,13 +115,15 @@ unix_socket_directories = '{sock}'
 wal_level = replica
 max_wal_senders = 5
 hot_standby = on
-# Test data is disposable: trade durability for speed.
+max_connections = 200
+shared_buffers = 128MB
+log_min_messages = warning
+"""
+# Test data is disposable: trade durability for speed. Benchmarks keep the defaults.
+_FAST_CONF = """
 fsync = off
 synchronous_commit = off
 full_page_writes = off
-max_connections = 200
-shared_buffers = 64MB
-log_min_messages = warning
 """
 _HBA = """
 local all all trust
@@ -146,7 +148,7 @@ def wait_for_standby(primary: Postgres, standby: Postgres, timeout: float = 15) 
 
 
 @contextlib.contextmanager
-def started() -> Iterator[Servers]:
+def started(durable: bool = False) -> Iterator[Servers]:
     root = Path(tempfile.mkdtemp(prefix="zapora-test-"))
     if os.geteuid() == 0:
         pg = pwd.getpwnam("postgres")
@@ -191,6 +193,8 @@ def started() -> Iterator[Servers]:
         )
         with (primary.data / "postgresql.conf").open("a") as conf:
             conf.write(_CONF.format(sock=primary.data))
+            if not durable:
+                conf.write(_FAST_CONF)
         (primary.data / "pg_hba.conf").write_text(_HBA)
         primary.start()
         with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
