@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import psycopg
 from fastapi.testclient import TestClient
+
+from zapora.api.app import create_app
+from zapora.settings import Settings
 
 from .conftest import Catalog, People
 
@@ -120,3 +124,30 @@ def test_staff_writes_are_audited(client: TestClient, people: People, catalog: C
     actions = sorted({e["action"] for e in r.json()["items"]})
     assert actions == ["menu.created", "menu_item.created"]
     assert r.json()["total"] == 4
+
+
+def test_other_workers_drop_their_local_copy_on_write(
+    client: TestClient, settings: Settings, people: People, catalog: Catalog
+) -> None:
+    item_id = catalog.items[0]["id"]
+    with TestClient(create_app(settings)) as other_worker:
+        deadline = time.monotonic() + 5
+        # Both processes serve (and keep) the list once their subscription is up.
+        while not other_worker.app.state.services.menus.local._listening:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        before = other_worker.get("/menu-items").json()
+        assert other_worker.get("/menu-items").json() == before
+        r = client.patch(
+            f"/menu-items/{item_id}", json={"price_minor": 1234}, headers=people.staff.headers
+        )
+        assert r.status_code == 200
+        deadline = time.monotonic() + 1
+        while True:
+            prices = {
+                i["id"]: i["price_minor"] for i in other_worker.get("/menu-items").json()["items"]
+            }
+            if prices[item_id] == 1234:
+                break
+            assert time.monotonic() < deadline, "the other worker kept a stale list"
+            time.sleep(0.005)

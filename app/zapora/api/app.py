@@ -26,10 +26,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         infra = Infra.from_settings(settings)
         await infra.open()
-        app.state.services = Services.build(infra)
+        services = Services.build(infra)
+        app.state.services = services
+        services.menus.local.start()
         try:
             yield
         finally:
+            await services.menus.local.stop()
             await infra.close()
 
     app = FastAPI(title="Zapora API", version="0.1.0", lifespan=lifespan)
@@ -39,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         trusted_proxy_hops=settings.trusted_proxy_hops,
     )
-    for module in (health, auth, users, menus, orders, audit):
+    # Starlette matches routes in order: the hottest paths first.
+    for module in (menus, orders, health, auth, users, audit):
         app.include_router(module.router)
     return app

@@ -15,7 +15,7 @@ _bearer = HTTPBearer(auto_error=False)
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -23,7 +23,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_origin(request: Request) -> Origin:
+async def get_origin(request: Request) -> Origin:
     state = request.state
     return Origin(
         client_ip=getattr(state, "client_ip", None),
@@ -82,7 +82,7 @@ StaffActor = Annotated[Actor, Depends(_require(Role.staff, Role.admin))]
 AdminActor = Annotated[Actor, Depends(_require(Role.admin))]
 
 
-def get_page(
+async def get_page(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> Page:

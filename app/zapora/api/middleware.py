@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zapora.api.problems import problem
 from zapora.infra.metrics import DURATION, REQUESTS
-from zapora.infra.tracing import tracer
+from zapora.infra.tracing import tracer, tracing_enabled
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -78,14 +78,10 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        context = propagate.extract(headers)
-        with tracer.start_as_current_span(
-            f"{method} {scope['path']}", context=context, kind=SpanKind.SERVER
-        ) as span:
-            span_ctx = span.get_span_context()
-            trace_id = format(span_ctx.trace_id, "032x") if span_ctx.is_valid else ""
-            if not trace_id:
-                trace_id = _trace_id_from_header(headers.get("traceparent", ""))
+        if not tracing_enabled():
+            # Without an exporter no span is recorded; skip the span machinery on the hot path
+            # and still carry the caller's trace id into the logs.
+            trace_id = _trace_id_from_header(headers.get("traceparent", ""))
             with logger.contextualize(request_id=request_id, trace_id=trace_id):
                 try:
                     await self.app(scope, limited_receive, send_wrapper)
@@ -94,9 +90,27 @@ class RequestContextMiddleware:
                         await _too_large(send_wrapper, scope, receive, self.max_body_bytes)
                     status = 413
                 except Exception:
-                    status = 500
+                    self._finish(scope, method, 500, started, request_id, trace_id)
+                    raise
+            self._finish(scope, method, status, started, request_id, trace_id)
+            return
+
+        context = propagate.extract(headers)
+        with tracer.start_as_current_span(
+            f"{method} {scope['path']}", context=context, kind=SpanKind.SERVER
+        ) as span:
+            span_ctx = span.get_span_context()
+            trace_id = format(span_ctx.trace_id, "032x")
+            with logger.contextualize(request_id=request_id, trace_id=trace_id):
+                try:
+                    await self.app(scope, limited_receive, send_wrapper)
+                except BodyTooLarge:
+                    if not response_started:
+                        await _too_large(send_wrapper, scope, receive, self.max_body_bytes)
+                    status = 413
+                except Exception:
                     span.set_status(Status(StatusCode.ERROR))
-                    self._finish(scope, method, status, started, request_id, trace_id, span)
+                    self._finish(scope, method, 500, started, request_id, trace_id, span)
                     raise
             self._finish(scope, method, status, started, request_id, trace_id, span)
 
@@ -131,7 +145,11 @@ class RequestContextMiddleware:
         REQUESTS.labels(method, route, str(status)).inc()
         DURATION.labels(method, route).observe(elapsed)
         state = scope.get("state", {})
-        logger.bind(
+        logger.info(
+            "{} {} {}",
+            method,
+            route,
+            status,
             kind="access",
             request_id=request_id,
             trace_id=trace_id,
@@ -142,7 +160,7 @@ class RequestContextMiddleware:
             status=status,
             duration_ms=round(elapsed * 1000, 2),
             client_ip=state.get("client_ip"),
-        ).info("{} {} {}", method, route, status)
+        )
 
 
 async def _too_large(send: Send, scope: Scope, receive: Receive, limit: int) -> None:

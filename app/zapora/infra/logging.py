@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -19,7 +19,7 @@ _RESERVED = {"event"}
 def _sink(message: Message) -> None:
     record = message.record
     line: dict[str, Any] = {
-        "ts": datetime.fromtimestamp(record["time"].timestamp(), UTC).isoformat(),
+        "ts": record["time"].astimezone(UTC).isoformat(),
         "level": record["level"].name,
         "logger": record["name"],
         "message": record["message"],

@@ -28,6 +28,10 @@ def setup_tracing(service_name: str, otlp_endpoint: str | None) -> TracerProvide
     return provider
 
 
+def tracing_enabled() -> bool:
+    return _provider is not None
+
+
 def flush_tracing() -> None:
     if _provider is not None:
         _provider.force_flush()

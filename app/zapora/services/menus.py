@@ -11,6 +11,7 @@ from uuid import UUID
 import psycopg
 
 from zapora.infra.db import Row
+from zapora.infra.local_cache import LocalCache
 from zapora.repositories import menus as repo
 from zapora.services.audit import AuditService
 from zapora.services.common import Actor, Invalid, NotFound, Origin, Page
@@ -18,8 +19,19 @@ from zapora.services.context import Infra
 
 # Writers bump the epoch after commit; a cached list filled under an older epoch is a miss.
 # That closes the race where a slow reader fills the cache with rows from before a write.
-EPOCH_KEY = "menu-items:epoch"
 CACHE_KEY = "menu-items:lists"
+INVALIDATION_CHANNEL = "menu-items:invalidate"
+EPOCH_FIELD = b"epoch"
+# Store a list only if no write happened since its rows were read (the epoch is unchanged).
+_FILL_IF_CURRENT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
+if current == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,9 @@ class MenuService:
     def __init__(self, infra: Infra, audit: AuditService) -> None:
         self.infra = infra
         self.audit = audit
+        self.local: LocalCache[CachedList] = LocalCache(
+            infra.redis, INVALIDATION_CHANNEL, infra.settings.menu_cache_ttl_seconds
+        )
 
     # --- menus ----------------------------------------------------------------------
     async def list_menus(self, page: Page, fresh: bool) -> tuple[list[Row], int]:
@@ -89,15 +104,25 @@ class MenuService:
         field = json.dumps(
             [page.limit, page.offset, str(flt.menu_id), flt.available, flt.q]
         ).encode()
-        async with self.infra.redis.pipeline(transaction=False) as pipe:
-            pipe.get(EPOCH_KEY)
-            pipe.hget(CACHE_KEY, field)
-            epoch_raw, cached = await pipe.execute()
+        local = self.local.get(field)
+        if local is not None:
+            return local
+        generation = self.local.generation
+        result = await self._list_items_shared(field, page, flt)
+        self.local.put(field, result, generation)
+        return result
+
+    async def _list_items_shared(self, field: bytes, page: Page, flt: ItemFilter) -> CachedList:
+        # One round trip: the epoch lives in the same hash as the cached lists.
+        values: list[bytes | None] = await self.infra.redis.hmget(  # type: ignore[assignment]
+            CACHE_KEY, [EPOCH_FIELD, field]
+        )
+        epoch_raw, cached = values
         epoch = epoch_raw or b"0"
         if cached is not None:
-            cached_epoch, etag, body = cached.split(b"\n", 2)
+            cached_epoch, cached_etag, cached_body = cached.split(b"\n", 2)
             if cached_epoch == epoch:
-                return CachedList(body, etag.decode())
+                return CachedList(cached_body, cached_etag.decode())
         # Misses read the primary so the cache never holds rows a replica has not caught up on.
         async with self.infra.db.reader(fresh=True) as conn:
             rows, total = await repo.items_page(
@@ -109,10 +134,16 @@ class MenuService:
             separators=(",", ":"),
         ).encode()
         etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-        async with self.infra.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(CACHE_KEY, field, epoch + b"\n" + etag.encode() + b"\n" + body)
-            pipe.expire(CACHE_KEY, self.infra.settings.menu_cache_ttl_seconds)
-            await pipe.execute()
+        await self.infra.redis.eval(
+            _FILL_IF_CURRENT,
+            1,
+            CACHE_KEY,
+            EPOCH_FIELD,
+            field,
+            epoch,
+            epoch + b"\n" + etag.encode() + b"\n" + body,
+            self.infra.settings.menu_cache_ttl_seconds,
+        )
         return CachedList(body, etag)
 
     async def get_item(self, item_id: UUID, fresh: bool) -> Row:
@@ -181,5 +212,6 @@ class MenuService:
         )
 
     async def _after_write(self, actor: Actor) -> None:
-        await self.infra.redis.incr(EPOCH_KEY)
+        await self.infra.redis.hincrby(CACHE_KEY, EPOCH_FIELD, 1)
+        await self.local.invalidate_everywhere()
         await self.infra.mark_fresh(actor.id)
