@@ -219,3 +219,16 @@ def test_status_changes_go_to_the_stream(
     entries = rds.xrange("zapora:order-events")
     assert [e[1][b"status"] for e in entries] == [b"pending", b"confirmed"]
     assert all(e[1][b"order_id"] == order["id"].encode() for e in entries)
+
+
+def test_staff_orders_are_audited_customer_orders_are_not(
+    client: TestClient, people: People, catalog: Catalog
+) -> None:
+    _create(client, people.customer, catalog)
+    staff_order = _create(client, people.staff, catalog).json()
+    events = client.get(
+        "/audit-events", params={"action": "order.created"}, headers=people.admin.headers
+    ).json()
+    assert events["total"] == 1
+    assert events["items"][0]["target_id"] == staff_order["id"]
+    assert events["items"][0]["actor_id"] == people.staff.id

@@ -64,6 +64,7 @@ class OrderService:
     async def create(
         self,
         actor: Actor,
+        origin: Origin,
         items: list[tuple[UUID, int]],
         notes: str | None,
         idempotency_key: str | None,
@@ -81,6 +82,15 @@ class OrderService:
                 if not claimed:
                     return await self._replay(conn, actor, idempotency_key, fingerprint)
             body = await self._insert(conn, actor, items, notes)
+            if actor.is_staff:
+                await self.audit.record(
+                    "order.created",
+                    actor_id=actor.id,
+                    origin=origin,
+                    target_type="order",
+                    target_id=body["id"],
+                    conn=conn,
+                )
             if idempotency_key is not None:
                 await repo.store_idempotent_response(conn, actor.id, idempotency_key, 201, body)
         ORDERS_CREATED.labels(body["currency"]).inc()

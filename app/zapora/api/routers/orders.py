@@ -23,10 +23,11 @@ async def create_order(
     body: OrderIn,
     actor: CurrentActor,
     services: ServicesDep,
+    origin: OriginDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     items = [(line.menu_item_id, line.quantity) for line in body.items]
-    status, order = await services.orders.create(actor, items, body.notes, idempotency_key)
+    status, order = await services.orders.create(actor, origin, items, body.notes, idempotency_key)
     return JSONResponse(order, status_code=status)
 
 
