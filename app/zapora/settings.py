@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     worker_group: str = "zapora-workers"
     worker_reclaim_idle_ms: int = 60_000
     worker_block_ms: int = 5_000
+    # Idempotency keys older than this are purged by the worker; retries come within minutes.
+    idempotency_key_ttl_hours: int = Field(default=24, ge=1)
+    purge_interval_seconds: int = Field(default=600, ge=1)
 
     # Loaded from jwt_secret_file by the validator below; never read from the environment.
     jwt_secret: SecretStr = Field(default=SecretStr(""), exclude=True)

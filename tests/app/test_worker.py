@@ -134,3 +134,33 @@ def test_worker_killed_mid_message_is_reclaimed(
             second.kill()
     row = db.execute("SELECT order_id FROM order_events").fetchone()
     assert row is not None and str(row["order_id"]) == order["id"]
+
+
+async def _purge(settings: Settings) -> int:
+    infra = Infra.from_settings(settings)
+    await infra.open()
+    try:
+        return await OrderEventConsumer(infra, "purger").purge_idempotency_keys()
+    finally:
+        await infra.close()
+
+
+def test_old_idempotency_keys_are_purged(
+    client: TestClient,
+    people: People,
+    catalog: Catalog,
+    settings: Settings,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    for key in ("old", "new"):
+        r = client.post(
+            "/orders",
+            json={"items": [{"menu_item_id": catalog.items[0]["id"], "quantity": 1}]},
+            headers={**people.customer.headers, "Idempotency-Key": key},
+        )
+        assert r.status_code == 201
+    db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old'"
+    )
+    assert asyncio.run(_purge(settings)) == 1
+    assert [r["key"] for r in db.execute("SELECT key FROM idempotency_keys")] == ["new"]

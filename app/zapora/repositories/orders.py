@@ -120,3 +120,11 @@ async def store_idempotent_response(
         " WHERE user_id = %s AND key = %s",
         (status, json.dumps(body), user_id, key),
     )
+
+
+async def purge_idempotency_keys(conn: Conn, older_than_hours: int) -> int:
+    return await execute(
+        conn,
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => %s)",
+        (older_than_hours,),
+    )

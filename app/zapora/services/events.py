@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from zapora.infra.db import execute
 from zapora.infra.metrics import ORDER_EVENTS_PROCESSED
+from zapora.repositories import orders as orders_repo
 from zapora.services.context import Infra
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -93,11 +95,24 @@ class OrderEventConsumer:
                 handled += 1
         return handled
 
+    async def purge_idempotency_keys(self) -> int:
+        async with self.infra.db.transaction() as conn:
+            purged = await orders_repo.purge_idempotency_keys(
+                conn, self.infra.settings.idempotency_key_ttl_hours
+            )
+        if purged:
+            logger.info("purged {} expired idempotency keys", purged)
+        return purged
+
     async def run(self) -> None:
         await self.ensure_group()
         logger.info("worker {} consuming {} as group {}", self.consumer, self.stream, self.group)
+        next_purge = 0.0
         while not self._stopping.is_set():
             try:
+                if time.monotonic() >= next_purge:
+                    await self.purge_idempotency_keys()
+                    next_purge = time.monotonic() + self.infra.settings.purge_interval_seconds
                 await self.run_once()
             except Exception:  # noqa: BLE001 - keep consuming; the entry stays pending
                 logger.exception("order event processing failed; retrying")
