@@ -61,6 +61,19 @@ async def get(conn: Conn, order_id: UUID, for_update: bool = False) -> Row | Non
     return await fetch_one(conn, f"SELECT {_COLUMNS} FROM orders WHERE id = %s{lock}", (order_id,))
 
 
+async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
+    """The order and its lines in one round trip (the hot read)."""
+    return await fetch_one(
+        conn,
+        f"SELECT {_COLUMNS}, COALESCE((SELECT json_agg(json_build_object("
+        "'menu_item_id', i.menu_item_id, 'name', i.name, 'quantity', i.quantity,"
+        " 'unit_price_minor', i.unit_price_minor) ORDER BY i.line_no)"
+        " FROM order_items i WHERE i.order_id = orders.id), '[]'::json) AS lines"
+        " FROM orders WHERE id = %s",
+        (order_id,),
+    )
+
+
 async def page(
     conn: Conn, limit: int, offset: int, user_id: UUID | None, status: str | None
 ) -> tuple[list[Row], int]:

@@ -147,12 +147,11 @@ class OrderService:
 
     async def get(self, actor: Actor, order_id: UUID, fresh: bool) -> dict[str, Any]:
         async with self.infra.db.reader(fresh=fresh) as conn:
-            row = await repo.get(conn, order_id)
-            # Someone else's order looks exactly like a missing one.
-            if row is None or (not actor.is_staff and row["user_id"] != actor.id):
-                raise NotFound("Order not found.")
-            lines = await repo.lines(conn, [order_id])
-        return order_json(row, lines.get(order_id, []))
+            row = await repo.get_with_lines(conn, order_id)
+        # Someone else's order looks exactly like a missing one.
+        if row is None or (not actor.is_staff and row["user_id"] != actor.id):
+            raise NotFound("Order not found.")
+        return order_json(row, row["lines"])
 
     async def advance(
         self, actor: Actor, origin: Origin, order_id: UUID, status: str
