@@ -16,6 +16,13 @@ class UserService:
         self.infra = infra
         self.audit = audit
 
+    async def get(self, user_id: UUID) -> Row:
+        async with self.infra.db.reader(fresh=True) as conn:
+            user = await users_repo.by_id(conn, user_id)
+        if user is None:
+            raise NotFound("User not found.")
+        return user
+
     async def list(self, page: Page) -> tuple[list[Row], int]:
         async with self.infra.db.reader(fresh=True) as conn:
             return await users_repo.page(conn, page.limit, page.offset)

@@ -8,19 +8,13 @@ from fastapi import APIRouter
 from zapora.api.deps import AdminActor, CurrentActor, OriginDep, PageDep, ServicesDep
 from zapora.api.schemas import PageOut, UserOut, UserPatch
 from zapora.api.strict_json import StrictJSONRoute
-from zapora.repositories import users as users_repo
-from zapora.services.common import NotFound
 
 router = APIRouter(prefix="/users", tags=["users"], route_class=StrictJSONRoute)
 
 
 @router.get("/me", response_model=UserOut)
 async def me(actor: CurrentActor, services: ServicesDep) -> Any:
-    async with services.infra.db.reader(fresh=True) as conn:
-        user = await users_repo.by_id(conn, actor.id)
-    if user is None:
-        raise NotFound("User not found.")
-    return user
+    return await services.users.get(actor.id)
 
 
 @router.get("", response_model=PageOut[UserOut])
