@@ -35,7 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.menus.local.stop()
             await infra.close()
 
-    app = FastAPI(title="Zapora API", version="0.1.0", lifespan=lifespan)
+    # FastAPI's native OpenTelemetry support makes the HTTP server span (W3C traceparent
+    # honoured) once setup_tracing installed a provider; metrics and logs are our own.
+    app = FastAPI(
+        title="Zapora API",
+        version="0.1.0",
+        lifespan=lifespan,
+        telemetry={"metrics": False, "logs": False},
+    )
     problems.install(app)
     app.add_middleware(
         RequestContextMiddleware,

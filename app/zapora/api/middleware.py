@@ -1,4 +1,4 @@
-"""One pure-ASGI middleware for what every request needs: request id, trace span, body limit,
+"""One pure-ASGI middleware for what every request needs: request id, trace id, body limit,
 RED metrics and the access log line. Pure ASGI because it runs on the hot path."""
 
 from __future__ import annotations
@@ -6,17 +6,14 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
 
 from fastapi import HTTPException
 from loguru import logger
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zapora.api.problems import problem
 from zapora.infra.metrics import DURATION, REQUESTS
-from zapora.infra.tracing import tracer, tracing_enabled
+from zapora.infra.tracing import current_trace_id, tracing_enabled
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -78,41 +75,23 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        if not tracing_enabled():
-            # Without an exporter no span is recorded; skip the span machinery on the hot path
-            # and still carry the caller's trace id into the logs.
+        if tracing_enabled():
+            # FastAPI's native telemetry opened the server span around this middleware.
+            trace_id = current_trace_id()
+        else:
+            # No exporter: no span exists, but the caller's trace id still reaches the logs.
             trace_id = _trace_id_from_header(headers.get("traceparent", ""))
-            with logger.contextualize(request_id=request_id, trace_id=trace_id):
-                try:
-                    await self.app(scope, limited_receive, send_wrapper)
-                except BodyTooLarge:
-                    if not response_started:
-                        await _too_large(send_wrapper, scope, receive, self.max_body_bytes)
-                    status = 413
-                except Exception:
-                    self._finish(scope, method, 500, started, request_id, trace_id)
-                    raise
-            self._finish(scope, method, status, started, request_id, trace_id)
-            return
-
-        context = propagate.extract(headers)
-        with tracer.start_as_current_span(
-            f"{method} {scope['path']}", context=context, kind=SpanKind.SERVER
-        ) as span:
-            span_ctx = span.get_span_context()
-            trace_id = format(span_ctx.trace_id, "032x")
-            with logger.contextualize(request_id=request_id, trace_id=trace_id):
-                try:
-                    await self.app(scope, limited_receive, send_wrapper)
-                except BodyTooLarge:
-                    if not response_started:
-                        await _too_large(send_wrapper, scope, receive, self.max_body_bytes)
-                    status = 413
-                except Exception:
-                    span.set_status(Status(StatusCode.ERROR))
-                    self._finish(scope, method, 500, started, request_id, trace_id, span)
-                    raise
-            self._finish(scope, method, status, started, request_id, trace_id, span)
+        with logger.contextualize(request_id=request_id, trace_id=trace_id):
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except BodyTooLarge:
+                if not response_started:
+                    await _too_large(send_wrapper, scope, receive, self.max_body_bytes)
+                status = 413
+            except Exception:
+                self._finish(scope, method, 500, started, request_id, trace_id)
+                raise
+        self._finish(scope, method, status, started, request_id, trace_id)
 
     def _client_ip(self, scope: Scope, headers: dict[str, str]) -> str | None:
         forwarded = headers.get("x-forwarded-for")
@@ -132,16 +111,10 @@ class RequestContextMiddleware:
         started: float,
         request_id: str,
         trace_id: str,
-        span: Any = None,
     ) -> None:
         elapsed = time.perf_counter() - started
         route_obj = scope.get("route")
         route = getattr(route_obj, "path", None) or "<unmatched>"
-        if span is not None:
-            span.update_name(f"{method} {route}")
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
         REQUESTS.labels(method, route, str(status)).inc()
         DURATION.labels(method, route).observe(elapsed)
         state = scope.get("state", {})
