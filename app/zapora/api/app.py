@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Zapora API",
         version="0.1.0",
         lifespan=lifespan,
-        telemetry={"metrics": False, "logs": False},
+        telemetry={"tracing": settings.otlp_endpoint is not None, "metrics": False, "logs": False},
     )
     problems.install(app)
     app.add_middleware(
