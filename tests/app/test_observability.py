@@ -118,3 +118,24 @@ def test_openapi_document(client: TestClient) -> None:
     doc = client.get("/openapi.json").json()
     for path in ("/auth/login", "/orders/{order_id}/status", "/menu-items", "/audit-events"):
         assert path in doc["paths"]
+
+
+def test_repeated_menu_list_is_served_by_the_fast_path_and_still_logged(
+    client: TestClient, catalog: Catalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = client.get("/menu-items", params={"limit": 2})
+    capsys.readouterr()
+    again = client.get("/menu-items", params={"limit": 2}, headers={"X-Request-ID": "hit-1"})
+    assert again.content == first.content
+    assert again.headers["etag"] == first.headers["etag"]
+    assert again.headers["x-request-id"] == "hit-1"
+    not_modified = client.get(
+        "/menu-items", params={"limit": 2}, headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert not_modified.status_code == 304
+    access = [line for line in _lines(capsys.readouterr().out) if line.get("kind") == "access"]
+    assert [(line["route"], line["status"]) for line in access] == [
+        ("/menu-items", 200),
+        ("/menu-items", 304),
+    ]
+    assert access[0]["request_id"] == "hit-1"

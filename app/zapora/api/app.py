@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from zapora.api import problems
+from zapora.api.fast_path import CachedMenuItems
 from zapora.api.middleware import RequestContextMiddleware
 from zapora.api.routers import audit, auth, health, menus, orders, users
 from zapora.infra.logging import setup_logging
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": settings.otlp_endpoint is not None, "metrics": False, "logs": False},
     )
     problems.install(app)
+    # Added first, so it runs inside RequestContextMiddleware.
+    app.add_middleware(CachedMenuItems)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -55,6 +55,8 @@ class MenuService:
     def __init__(self, infra: Infra, audit: AuditService) -> None:
         self.infra = infra
         self.audit = audit
+        # This process's copy of recent lists, for the HTTP layer's response fast path; every
+        # write here drops it in all processes.
         self.local: LocalCache[CachedList] = LocalCache(
             infra.redis, INVALIDATION_CHANNEL, infra.settings.menu_cache_ttl_seconds
         )
@@ -104,15 +106,6 @@ class MenuService:
         field = json.dumps(
             [page.limit, page.offset, str(flt.menu_id), flt.available, flt.q]
         ).encode()
-        local = self.local.get(field)
-        if local is not None:
-            return local
-        generation = self.local.generation
-        result = await self._list_items_shared(field, page, flt)
-        self.local.put(field, result, generation)
-        return result
-
-    async def _list_items_shared(self, field: bytes, page: Page, flt: ItemFilter) -> CachedList:
         # One round trip: the epoch lives in the same hash as the cached lists.
         values: list[bytes | None] = await self.infra.redis.hmget(  # type: ignore[assignment]
             CACHE_KEY, [EPOCH_FIELD, field]

@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zapora.api.deps import FreshReads, OriginDep, PageDep, ServicesDep, StaffActor
+from zapora.api.fast_path import cached_list_response
 from zapora.api.schemas import (
     MenuIn,
     MenuItemIn,
@@ -55,14 +56,14 @@ async def list_menu_items(request: Request) -> Response:
             [{**err, "loc": ("query", *err["loc"])} for err in exc.errors()]
         ) from exc
     services: Services = request.app.state.services
+    generation = services.menus.local.generation
     cached = await services.menus.list_items_cached(
         Page(query.limit, query.offset), ItemFilter(query.menu_id, query.available, query.q)
     )
-    headers = {"ETag": cached.etag, "Cache-Control": "no-cache"}
-    if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and cached.etag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers=headers)
-    return Response(cached.body, media_type="application/json", headers=headers)
+    # Kept under the raw query string: the next identical request is answered by
+    # api.fast_path.CachedMenuItems without reaching this handler.
+    services.menus.local.put(request.scope["query_string"], cached, generation)
+    return cached_list_response(cached, request.headers.get("if-none-match"))
 
 
 @router.get("/menus", response_model=PageOut[MenuOut])
