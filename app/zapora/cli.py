@@ -65,8 +65,10 @@ def _create_admin_cmd(args: argparse.Namespace) -> int:
 
 def _openapi(args: argparse.Namespace) -> int:
     from zapora.api.app import create_app
+    from zapora.settings import Environment, Settings
 
-    print(json.dumps(create_app().openapi(), indent=2))
+    # The document does not depend on secrets; do not ask for them just to print it.
+    print(json.dumps(create_app(Settings(environment=Environment.development)).openapi(), indent=2))
     return 0
 
 
@@ -143,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         func=_healthcheck
     )
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ValueError as exc:  # settings refused (pydantic's ValidationError is a ValueError)
+        print(f"zapora: configuration error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -108,3 +108,22 @@ def test_settings_secret_rules(tmp_path: Path) -> None:
 def test_healthcheck_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZAPORA_BIND", f"0.0.0.0:{srv.free_port()}")
     assert cli.main(["healthcheck"]) == 1
+
+
+def test_configuration_errors_are_one_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weak = tmp_path / "weak"
+    weak.write_text("changeme")
+    monkeypatch.setenv("ZAPORA_ENVIRONMENT", "production")
+    monkeypatch.setenv("ZAPORA_JWT_SECRET_FILE", str(weak))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["migrate"]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "configuration error" in err
+    assert "Traceback" not in err
+    # Printing the OpenAPI document needs no secret.
+    assert cli.main(["openapi"]) == 0
