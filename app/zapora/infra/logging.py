@@ -32,7 +32,7 @@ def _sink(message: Message) -> None:
     sys.stdout.flush()
 
 
-class _InterceptHandler(logging.Handler):
+class InterceptHandler(logging.Handler):
     """Routes stdlib logging (gunicorn, uvicorn, alembic) into the same JSON stream."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -47,6 +47,6 @@ _LEVELS = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
 def setup_logging(level: str = "INFO") -> None:
     logger.remove()
     logger.add(_sink, level=level.upper(), backtrace=False, diagnose=False)
-    logging.basicConfig(handlers=[_InterceptHandler()], level=level.upper(), force=True)
+    logging.basicConfig(handlers=[InterceptHandler()], level=level.upper(), force=True)
     # The access line comes from our middleware, with more fields than uvicorn's.
     logging.getLogger("uvicorn.access").disabled = True
