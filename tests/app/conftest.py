@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
@@ -59,9 +60,19 @@ def settings(servers: srv.Servers, secret_file: Path) -> Settings:
     return make_settings(servers, secret_file)
 
 
+# Every app a test starts, so that the per-test reset also empties their in-process caches.
+_APPS: list[FastAPI] = []
+
+
+def app_for(settings: Settings) -> FastAPI:
+    app = create_app(settings)
+    _APPS.append(app)
+    return app
+
+
 @pytest.fixture(scope="session")
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(app_for(settings)) as test_client:
         yield test_client
 
 
@@ -84,6 +95,12 @@ def clean_state(servers: srv.Servers) -> None:
     with psycopg.connect(servers.primary.dsn(), autocommit=True) as conn:
         conn.execute(f"TRUNCATE {TABLES} CASCADE")
     redis.Redis(port=servers.redis_port).flushall()
+    # The tables were emptied behind the API's back, so no write announced it: drop what the
+    # running apps keep in memory as well.
+    for app in _APPS:
+        services = getattr(app.state, "services", None)
+        if services is not None:
+            services.menus.local.invalidate_locally()
 
 
 @dataclass

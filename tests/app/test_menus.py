@@ -7,10 +7,9 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
-from zapora.api.app import create_app
 from zapora.settings import Settings
 
-from .conftest import Catalog, People
+from .conftest import Catalog, People, app_for
 
 
 def test_menu_crud(client: TestClient, people: People) -> None:
@@ -130,7 +129,7 @@ def test_other_workers_drop_their_local_copy_on_write(
     client: TestClient, settings: Settings, people: People, catalog: Catalog
 ) -> None:
     item_id = catalog.items[0]["id"]
-    with TestClient(create_app(settings)) as other_worker:
+    with TestClient(app_for(settings)) as other_worker:
         deadline = time.monotonic() + 5
         # Both processes serve (and keep) the list once their subscription is up.
         while not other_worker.app.state.services.menus.local._listening:  # type: ignore[attr-defined]

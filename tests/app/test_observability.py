@@ -10,10 +10,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from zapora.api.app import create_app
-
 from . import servers as srv
-from .conftest import Catalog, People, make_settings
+from .conftest import Catalog, People, app_for, make_settings
 
 
 def test_live(client: TestClient) -> None:
@@ -38,7 +36,7 @@ def test_not_ready_when_redis_and_database_are_down(
         database_url=f"postgresql://postgres@127.0.0.1:{srv.free_port()}/zapora?connect_timeout=1",
         db_pool_min=0,
     )
-    with TestClient(create_app(settings)) as broken:
+    with TestClient(app_for(settings)) as broken:
         r = broken.get("/health/ready")
         assert r.status_code == 503
         body = r.json()
@@ -95,6 +93,7 @@ def test_access_and_audit_log_lines(
     assert line["status"] == 201
     assert line["duration_ms"] >= 0
     assert audit[0]["action"] == "menu.created"
+    assert audit[0]["user_id"] == people.staff.id
     assert audit[0]["request_id"] == "req-1"
     assert audit[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
 

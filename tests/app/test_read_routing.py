@@ -9,10 +9,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from zapora.api.app import create_app
-
 from . import servers as srv
-from .conftest import Catalog, People, make_settings
+from .conftest import Catalog, People, app_for, make_settings
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +21,7 @@ def routed(servers: srv.Servers, secret_file: Path) -> Iterator[TestClient]:
         replica_database_url=servers.standby.dsn(),
         read_your_writes_seconds=60,
     )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(app_for(settings)) as test_client:
         yield test_client
 
 

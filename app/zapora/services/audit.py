@@ -50,6 +50,7 @@ class AuditService:
             kind="audit",
             action=action,
             actor_id=str(actor_id) if actor_id else None,
+            user_id=str(actor_id) if actor_id else None,
             target_type=target_type,
             target_id=None if target_id is None else str(target_id),
             client_ip=origin.client_ip,
