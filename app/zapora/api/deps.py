@@ -1,0 +1,92 @@
+"""Request dependencies: the services, the caller, the page, and permission checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from zapora.infra.security import InvalidToken
+from zapora.services.common import Actor, Forbidden, Origin, Page, Role, Unauthorized
+from zapora.services.registry import Services
+
+_bearer = HTTPBearer(auto_error=False)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_origin(request: Request) -> Origin:
+    state = request.state
+    return Origin(
+        client_ip=getattr(state, "client_ip", None),
+        request_id=getattr(state, "request_id", None),
+    )
+
+
+OriginDep = Annotated[Origin, Depends(get_origin)]
+
+
+async def current_actor(request: Request, services: ServicesDep, credentials: Bearer) -> Actor:
+    if credentials is None:
+        raise Unauthorized("Sign in to use this endpoint.")
+    actor, _ = await services.auth.authenticate(credentials.credentials)
+    request.state.user_id = str(actor.id)
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+async def fresh_reads(services: ServicesDep, credentials: Bearer) -> bool:
+    """True when the caller wrote recently and must read from the primary."""
+    if services.infra.db.replica is None:
+        return True
+    if credentials is None:
+        return False
+    try:
+        claims = services.infra.tokens.decode(credentials.credentials, "access")
+    except InvalidToken:
+        return False
+    return await services.infra.is_fresh(claims.sub)
+
+
+FreshReads = Annotated[bool, Depends(fresh_reads)]
+
+
+def _require(*roles: Role):  # type: ignore[no-untyped-def]
+    async def check(
+        actor: CurrentActor, services: ServicesDep, origin: OriginDep, request: Request
+    ) -> Actor:
+        if actor.role not in roles:
+            await services.audit.record(
+                "permission.denied",
+                actor_id=actor.id,
+                origin=origin,
+                details={"method": request.method, "path": request.url.path, "role": actor.role},
+            )
+            raise Forbidden("You do not have permission to do this.")
+        return actor
+
+    return check
+
+
+StaffActor = Annotated[Actor, Depends(_require(Role.staff, Role.admin))]
+AdminActor = Annotated[Actor, Depends(_require(Role.admin))]
+
+
+async def get_page(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> Page:
+    return Page(limit=limit, offset=offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+
+from zapora.api.deps import CurrentActor, FreshReads, OriginDep, PageDep, ServicesDep, StaffActor
+from zapora.api.schemas import OrderIn, OrderOut, OrderStatus, PageOut, StatusIn
+from zapora.api.strict_json import StrictJSONRoute
+
+router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictJSONRoute)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+]
+
+
+@router.post("", status_code=201, response_model=OrderOut)
+async def create_order(
+    body: OrderIn,
+    actor: CurrentActor,
+    services: ServicesDep,
+    origin: OriginDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    items = [(line.menu_item_id, line.quantity) for line in body.items]
+    status, order = await services.orders.create(actor, origin, items, body.notes, idempotency_key)
+    return JSONResponse(order, status_code=status)
+
+
+@router.get("", response_model=PageOut[OrderOut])
+async def list_orders(
+    actor: CurrentActor,
+    services: ServicesDep,
+    page: PageDep,
+    fresh: FreshReads,
+    status: OrderStatus | None = None,
+) -> Any:
+    rows, total = await services.orders.list(actor, page, status, fresh)
+    return {"items": rows, "total": total, "limit": page.limit, "offset": page.offset}
+
+
+@router.get("/{order_id}", response_model=OrderOut)
+async def get_order(
+    order_id: UUID, actor: CurrentActor, services: ServicesDep, fresh: FreshReads
+) -> Any:
+    return await services.orders.get(actor, order_id, fresh)
+
+
+@router.patch("/{order_id}/status", response_model=OrderOut)
+async def change_status(
+    order_id: UUID, body: StatusIn, actor: StaffActor, services: ServicesDep, origin: OriginDep
+) -> Any:
+    return await services.orders.advance(actor, origin, order_id, body.status)
+
+
+@router.post("/{order_id}/cancel", response_model=OrderOut)
+async def cancel_order(
+    order_id: UUID, actor: CurrentActor, services: ServicesDep, origin: OriginDep
+) -> Any:
+    return await services.orders.cancel(actor, origin, order_id)

@@ -1,0 +1,190 @@
+"""Request and response bodies. Requests forbid unknown fields (no mass assignment)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+
+from zapora.infra.security import MAX_PASSWORD_BYTES
+from zapora.services.common import Role
+
+MIN_PASSWORD_CHARS = 10
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it here instead of failing in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _password_rules(value: str) -> str:
+    if len(value) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"must be at least {MIN_PASSWORD_CHARS} characters")
+    if len(value.encode()) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"must be at most {MAX_PASSWORD_BYTES} bytes")
+    return value
+
+
+def Text(max_length: int, min_length: int = 0) -> Any:
+    return Annotated[
+        str, Field(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)
+    ]
+
+
+Name = Text(200, 1)
+Description = Text(2000)
+Password = Annotated[str, Field(max_length=1024), AfterValidator(_no_nul)]
+NewPassword = Annotated[
+    str, Field(max_length=1024), AfterValidator(_no_nul), AfterValidator(_password_rules)
+]
+Email = Annotated[EmailStr, Field(max_length=254), AfterValidator(_no_nul)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+PriceMinor = Annotated[int, Field(strict=True, ge=0, le=100_000_000)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=50)]
+OrderStatus = Literal["pending", "confirmed", "preparing", "ready", "delivered", "cancelled"]
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterIn(RequestBody):
+    email: Email
+    password: NewPassword
+    full_name: Name  # type: ignore[valid-type]
+
+
+class LoginIn(RequestBody):
+    email: Annotated[str, Field(min_length=1, max_length=254), AfterValidator(_no_nul)]
+    password: Password
+
+
+class RefreshIn(RequestBody):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
+    expires_in: int
+
+
+class UserOut(BaseModel):
+    id: UUID
+    email: str
+    full_name: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+
+
+class UserPatch(RequestBody):
+    role: Role | None = None
+    is_active: bool | None = None
+
+
+class MenuIn(RequestBody):
+    name: Name  # type: ignore[valid-type]
+    description: Description = ""  # type: ignore[valid-type]
+
+
+class MenuPatch(RequestBody):
+    name: Name | None = None  # type: ignore[valid-type]
+    description: Description | None = None  # type: ignore[valid-type]
+
+
+class MenuOut(BaseModel):
+    id: UUID
+    name: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class MenuItemIn(RequestBody):
+    menu_id: UUID
+    name: Name  # type: ignore[valid-type]
+    description: Description = ""  # type: ignore[valid-type]
+    price_minor: PriceMinor
+    currency: Currency
+    available: bool = True
+
+
+class MenuItemPatch(RequestBody):
+    menu_id: UUID | None = None
+    name: Name | None = None  # type: ignore[valid-type]
+    description: Description | None = None  # type: ignore[valid-type]
+    price_minor: PriceMinor | None = None
+    currency: Currency | None = None
+    available: bool | None = None
+
+
+class MenuItemOut(BaseModel):
+    id: UUID
+    menu_id: UUID
+    name: str
+    description: str
+    price_minor: int
+    currency: str
+    available: bool
+
+
+class OrderLineIn(RequestBody):
+    menu_item_id: UUID
+    quantity: Quantity
+
+
+class OrderIn(RequestBody):
+    items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=50)]
+    notes: Text(500) | None = None  # type: ignore[valid-type]
+
+
+class OrderLineOut(BaseModel):
+    menu_item_id: UUID
+    name: str
+    quantity: int
+    unit_price_minor: int
+
+
+class OrderOut(BaseModel):
+    id: UUID
+    user_id: UUID
+    status: OrderStatus
+    items: list[OrderLineOut]
+    total_minor: int
+    currency: str
+    notes: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class StatusIn(RequestBody):
+    status: OrderStatus
+
+
+class AuditEventOut(BaseModel):
+    id: UUID
+    occurred_at: datetime
+    actor_id: UUID | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    client_ip: str | None
+    request_id: str | None
+    details: dict[str, Any]
+
+
+T = TypeVar("T")
+
+
+class PageOut(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

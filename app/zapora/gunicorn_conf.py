@@ -1,0 +1,50 @@
+"""gunicorn settings for `zapora serve` and the container: uvicorn workers, graceful drain."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from zapora.infra.logging import setup_logging
+
+# Before gunicorn logs its first line, so that line is JSON too.
+setup_logging(os.environ.get("ZAPORA_LOG_LEVEL", "INFO"))
+
+bind = os.environ.get("ZAPORA_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("ZAPORA_WORKERS", "2"))
+worker_class = "uvicorn_worker.UvicornWorker"
+# On SIGTERM gunicorn stops accepting and gives in-flight requests this long to finish.
+graceful_timeout = int(os.environ.get("ZAPORA_GRACEFUL_TIMEOUT", "30"))
+timeout = 60
+keepalive = 5
+accesslog = None
+# gunicorn's own lines (boot, worker exits, timeouts) join the same JSON stream on stdout.
+logconfig_dict: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"loguru": {"class": "zapora.infra.logging.InterceptHandler"}},
+    "root": {"level": "INFO", "handlers": ["loguru"]},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["loguru"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": [], "propagate": False},
+    },
+}
+# The runtime control socket is not used; its default lives in $HOME, which the image lacks.
+control_socket_disable = True
+# Workers must not share a connection pool created before fork.
+preload_app = False
+
+
+def on_starting(server: Any) -> None:
+    # Stale files from a previous run would be summed into the new counters.
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from zapora.infra.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)

@@ -1,0 +1,44 @@
+"""Prometheus metrics; multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (gunicorn)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _mp
+
+REQUESTS = Counter("zapora_http_requests_total", "HTTP requests", ["method", "route", "status"])
+DURATION = Histogram(
+    "zapora_http_request_duration_seconds",
+    "HTTP request duration",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ORDERS_CREATED = Counter("zapora_orders_created_total", "Orders created", ["currency"])
+REVENUE_MINOR = Counter(
+    "zapora_order_revenue_minor_total", "Order totals in minor currency units", ["currency"]
+)
+USERS_REGISTERED = Counter("zapora_users_registered_total", "Users registered")
+AUDIT_EVENTS = Counter("zapora_audit_events_total", "Audit events", ["action"])
+ORDER_EVENTS_PROCESSED = Counter(
+    "zapora_order_events_processed_total", "Order events processed by the worker"
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _mp.mark_process_dead(pid)  # type: ignore[no-untyped-call]

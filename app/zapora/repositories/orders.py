@@ -1,0 +1,143 @@
+"""SQL for orders, their lines and idempotency keys."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
+
+_COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
+
+
+async def insert(
+    conn: Conn, user_id: UUID, total_minor: int, currency: str, notes: str | None
+) -> Row:
+    row = await fetch_one(
+        conn,
+        "INSERT INTO orders (user_id, total_minor, currency, notes) VALUES (%s, %s, %s, %s)"
+        f" RETURNING {_COLUMNS}",
+        (user_id, total_minor, currency, notes),
+    )
+    assert row is not None
+    return row
+
+
+async def insert_lines(conn: Conn, order_id: UUID, lines: list[dict[str, Any]]) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO order_items (order_id, line_no, menu_item_id, name, quantity,"
+            " unit_price_minor) VALUES (%s, %s, %s, %s, %s, %s)",
+            [
+                (
+                    order_id,
+                    n,
+                    line["menu_item_id"],
+                    line["name"],
+                    line["quantity"],
+                    line["unit_price_minor"],
+                )
+                for n, line in enumerate(lines, start=1)
+            ],
+        )
+
+
+async def lines(conn: Conn, order_ids: list[UUID]) -> dict[UUID, list[Row]]:
+    rows = await fetch_all(
+        conn,
+        "SELECT order_id, menu_item_id, name, quantity, unit_price_minor FROM order_items"
+        " WHERE order_id = ANY(%s) ORDER BY order_id, line_no",
+        (order_ids,),
+    )
+    out: dict[UUID, list[Row]] = {}
+    for row in rows:
+        out.setdefault(row.pop("order_id"), []).append(row)
+    return out
+
+
+async def get(conn: Conn, order_id: UUID, for_update: bool = False) -> Row | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await fetch_one(conn, f"SELECT {_COLUMNS} FROM orders WHERE id = %s{lock}", (order_id,))
+
+
+async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
+    """The order and its lines in one round trip (the hot read)."""
+    return await fetch_one(
+        conn,
+        f"SELECT {_COLUMNS}, COALESCE((SELECT json_agg(json_build_object("
+        "'menu_item_id', i.menu_item_id, 'name', i.name, 'quantity', i.quantity,"
+        " 'unit_price_minor', i.unit_price_minor) ORDER BY i.line_no)"
+        " FROM order_items i WHERE i.order_id = orders.id), '[]'::json) AS lines"
+        " FROM orders WHERE id = %s",
+        (order_id,),
+    )
+
+
+async def page(
+    conn: Conn, limit: int, offset: int, user_id: UUID | None, status: str | None
+) -> tuple[list[Row], int]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if user_id is not None:
+        clauses.append("user_id = %s")
+        params.append(user_id)
+    if status is not None:
+        clauses.append("status = %s")
+        params.append(status)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    total = await fetch_one(conn, f"SELECT count(*) AS n FROM orders {where}", params)
+    rows = await fetch_all(
+        conn,
+        f"SELECT {_COLUMNS} FROM orders {where} ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
+        [*params, limit, offset],
+    )
+    return rows, int(total["n"]) if total else 0
+
+
+async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
+    return await fetch_one(
+        conn,
+        "UPDATE orders SET status = %s, version = version + 1, updated_at = now()"
+        f" WHERE id = %s RETURNING {_COLUMNS}",
+        (status, order_id),
+    )
+
+
+async def claim_idempotency_key(conn: Conn, user_id: UUID, key: str, request_hash: str) -> bool:
+    """True when this call owns the key. A concurrent holder makes this wait for its commit."""
+    claimed = await fetch_one(
+        conn,
+        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
+        (user_id, key, request_hash),
+    )
+    return claimed is not None
+
+
+async def idempotency_record(conn: Conn, user_id: UUID, key: str) -> Row | None:
+    return await fetch_one(
+        conn,
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys"
+        " WHERE user_id = %s AND key = %s",
+        (user_id, key),
+    )
+
+
+async def store_idempotent_response(
+    conn: Conn, user_id: UUID, key: str, status: int, body: dict[str, Any]
+) -> None:
+    await execute(
+        conn,
+        "UPDATE idempotency_keys SET response_status = %s, response_body = %s"
+        " WHERE user_id = %s AND key = %s",
+        (status, json.dumps(body), user_id, key),
+    )
+
+
+async def purge_idempotency_keys(conn: Conn, older_than_hours: int) -> int:
+    return await execute(
+        conn,
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(hours => %s)",
+        (older_than_hours,),
+    )

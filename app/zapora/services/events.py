@@ -1,0 +1,119 @@
+"""Order-event consumer: a Redis stream consumer group, at-least-once, acked after processing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+from redis.exceptions import ResponseError
+
+from zapora.infra.db import execute
+from zapora.infra.metrics import ORDER_EVENTS_PROCESSED
+from zapora.repositories import orders as orders_repo
+from zapora.services.context import Infra
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class OrderEventConsumer:
+    def __init__(self, infra: Infra, consumer: str | None = None) -> None:
+        self.infra = infra
+        self.stream = infra.settings.order_stream
+        self.group = infra.settings.worker_group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.infra.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def process(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        data = {k.decode(): v.decode() for k, v in fields.items()}
+        # The stream id is the primary key: a redelivered entry is recorded once.
+        async with self.infra.db.transaction() as conn:
+            await execute(
+                conn,
+                "INSERT INTO order_events (stream_id, order_id, status, occurred_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (stream_id) DO NOTHING",
+                (
+                    entry_id.decode(),
+                    data["order_id"],
+                    data["status"],
+                    datetime.fromisoformat(data["occurred_at"]),
+                ),
+            )
+        await self.infra.redis.xack(self.stream, self.group, entry_id)
+        ORDER_EVENTS_PROCESSED.inc()
+        logger.bind(kind="order_event", stream_id=entry_id.decode(), **data).info("order event")
+
+    async def reclaim(self) -> int:
+        """Take over entries another consumer read but never acknowledged (it crashed)."""
+        count = 0
+        start = "0-0"
+        while True:
+            result: Any = await self.infra.redis.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.infra.settings.worker_reclaim_idle_ms,
+                start_id=start,
+                count=100,
+            )
+            next_start, entries = result[0], result[1]
+            for entry_id, fields in entries:
+                if fields:
+                    await self.process(entry_id, fields)
+                    count += 1
+            start = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
+            if start == "0-0":
+                return count
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        await self.reclaim()
+        response: Any = await self.infra.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: ">"},
+            count=50,
+            block=self.infra.settings.worker_block_ms if block_ms is None else block_ms,
+        )
+        handled = 0
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                await self.process(entry_id, fields)
+                handled += 1
+        return handled
+
+    async def purge_idempotency_keys(self) -> int:
+        async with self.infra.db.transaction() as conn:
+            purged = await orders_repo.purge_idempotency_keys(
+                conn, self.infra.settings.idempotency_key_ttl_hours
+            )
+        if purged:
+            logger.info("purged {} expired idempotency keys", purged)
+        return purged
+
+    async def run(self) -> None:
+        await self.ensure_group()
+        logger.info("worker {} consuming {} as group {}", self.consumer, self.stream, self.group)
+        next_purge = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() >= next_purge:
+                    await self.purge_idempotency_keys()
+                    next_purge = time.monotonic() + self.infra.settings.purge_interval_seconds
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - keep consuming; the entry stays pending
+                logger.exception("order event processing failed; retrying")
+                await asyncio.sleep(1)

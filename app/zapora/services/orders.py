@@ -1,0 +1,220 @@
+"""Orders: server-side pricing, idempotent creation, status state machine, cancel rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from loguru import logger
+
+from zapora.infra.db import Conn, Row
+from zapora.infra.metrics import ORDERS_CREATED, REVENUE_MINOR
+from zapora.repositories import menus as menus_repo
+from zapora.repositories import orders as repo
+from zapora.services.audit import AuditService
+from zapora.services.common import Actor, Conflict, Invalid, NotFound, Origin, Page
+from zapora.services.context import Infra
+
+NEXT_STATUS = {
+    "pending": "confirmed",
+    "confirmed": "preparing",
+    "preparing": "ready",
+    "ready": "delivered",
+}
+OWNER_CANCELLABLE = frozenset({"pending", "confirmed"})
+STAFF_CANCELLABLE = frozenset({"pending", "confirmed", "preparing", "ready"})
+
+
+def request_fingerprint(items: list[tuple[UUID, int]], notes: str | None) -> str:
+    canonical = json.dumps([[str(i), q] for i, q in items] + [notes], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def order_json(order: Row, lines: list[Row]) -> dict[str, Any]:
+    return {
+        "id": str(order["id"]),
+        "user_id": str(order["user_id"]),
+        "status": order["status"],
+        "items": [
+            {
+                "menu_item_id": str(line["menu_item_id"]),
+                "name": line["name"],
+                "quantity": line["quantity"],
+                "unit_price_minor": line["unit_price_minor"],
+            }
+            for line in lines
+        ],
+        "total_minor": order["total_minor"],
+        "currency": order["currency"].strip(),
+        "notes": order["notes"],
+        "version": order["version"],
+        "created_at": order["created_at"].isoformat(),
+        "updated_at": order["updated_at"].isoformat(),
+    }
+
+
+class OrderService:
+    def __init__(self, infra: Infra, audit: AuditService) -> None:
+        self.infra = infra
+        self.audit = audit
+
+    async def create(
+        self,
+        actor: Actor,
+        origin: Origin,
+        items: list[tuple[UUID, int]],
+        notes: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """Returns (status code, order); a replayed key returns the first response."""
+        ids = [item_id for item_id, _ in items]
+        if len(set(ids)) != len(ids):
+            raise Invalid("Each menu item may appear only once; use quantity.")
+        fingerprint = request_fingerprint(items, notes)
+        async with self.infra.db.transaction() as conn:
+            if idempotency_key is not None:
+                claimed = await repo.claim_idempotency_key(
+                    conn, actor.id, idempotency_key, fingerprint
+                )
+                if not claimed:
+                    return await self._replay(conn, actor, idempotency_key, fingerprint)
+            body = await self._insert(conn, actor, items, notes)
+            if actor.is_staff:
+                await self.audit.record(
+                    "order.created",
+                    actor_id=actor.id,
+                    origin=origin,
+                    target_type="order",
+                    target_id=body["id"],
+                    conn=conn,
+                )
+            if idempotency_key is not None:
+                await repo.store_idempotent_response(conn, actor.id, idempotency_key, 201, body)
+        ORDERS_CREATED.labels(body["currency"]).inc()
+        REVENUE_MINOR.labels(body["currency"]).inc(body["total_minor"])
+        await self._publish(body, "order.created")
+        await self.infra.mark_fresh(actor.id)
+        return 201, body
+
+    async def _replay(
+        self, conn: Conn, actor: Actor, key: str, fingerprint: str
+    ) -> tuple[int, dict[str, Any]]:
+        record = await repo.idempotency_record(conn, actor.id, key)
+        if record is None or record["response_body"] is None:
+            raise Conflict("A request with this Idempotency-Key is still in progress.")
+        if record["request_hash"] != fingerprint:
+            raise Invalid("This Idempotency-Key was already used with a different request body.")
+        return int(record["response_status"]), dict(record["response_body"])
+
+    async def _insert(
+        self, conn: Conn, actor: Actor, items: list[tuple[UUID, int]], notes: str | None
+    ) -> dict[str, Any]:
+        found = await menus_repo.items_by_ids(conn, [item_id for item_id, _ in items])
+        menu_rows = {row["id"]: row for row in found}
+        lines: list[dict[str, Any]] = []
+        currencies: set[str] = set()
+        for item_id, quantity in items:
+            row = menu_rows.get(item_id)
+            if row is None or not row["available"]:
+                raise Invalid(f"Menu item {item_id} is unknown or not available.")
+            currencies.add(row["currency"])
+            lines.append(
+                {
+                    "menu_item_id": item_id,
+                    "name": row["name"],
+                    "quantity": quantity,
+                    "unit_price_minor": row["price_minor"],
+                }
+            )
+        if len(currencies) != 1:
+            raise Invalid("All items of an order must be priced in one currency.")
+        total = sum(line["quantity"] * line["unit_price_minor"] for line in lines)
+        order = await repo.insert(conn, actor.id, total, currencies.pop(), notes)
+        await repo.insert_lines(conn, order["id"], lines)
+        return order_json(order, lines)
+
+    async def list(
+        self, actor: Actor, page: Page, status: str | None, fresh: bool
+    ) -> tuple[list[dict[str, Any]], int]:
+        owner = None if actor.is_staff else actor.id
+        async with self.infra.db.reader(fresh=fresh) as conn:
+            rows, total = await repo.page(conn, page.limit, page.offset, owner, status)
+            lines = await repo.lines(conn, [row["id"] for row in rows]) if rows else {}
+        return [order_json(row, lines.get(row["id"], [])) for row in rows], total
+
+    async def get(self, actor: Actor, order_id: UUID, fresh: bool) -> dict[str, Any]:
+        async with self.infra.db.reader(fresh=fresh) as conn:
+            row = await repo.get_with_lines(conn, order_id)
+        # Someone else's order looks exactly like a missing one.
+        if row is None or (not actor.is_staff and row["user_id"] != actor.id):
+            raise NotFound("Order not found.")
+        return order_json(row, row["lines"])
+
+    async def advance(
+        self, actor: Actor, origin: Origin, order_id: UUID, status: str
+    ) -> dict[str, Any]:
+        async with self.infra.db.transaction() as conn:
+            row = await repo.get(conn, order_id, for_update=True)
+            if row is None:
+                raise NotFound("Order not found.")
+            if NEXT_STATUS.get(row["status"]) != status:
+                raise Conflict(f"An order cannot move from {row['status']} to {status}.")
+            body = await self._set_status(conn, actor, origin, row, status, "order.status_changed")
+        await self._after_change(actor, body)
+        return body
+
+    async def cancel(self, actor: Actor, origin: Origin, order_id: UUID) -> dict[str, Any]:
+        async with self.infra.db.transaction() as conn:
+            row = await repo.get(conn, order_id, for_update=True)
+            if row is None or (not actor.is_staff and row["user_id"] != actor.id):
+                raise NotFound("Order not found.")
+            allowed = STAFF_CANCELLABLE if actor.is_staff else OWNER_CANCELLABLE
+            if row["status"] not in allowed:
+                raise Conflict(f"An order that is {row['status']} can no longer be cancelled.")
+            body = await self._set_status(conn, actor, origin, row, "cancelled", "order.cancelled")
+        await self._after_change(actor, body)
+        return body
+
+    async def _set_status(
+        self, conn: Conn, actor: Actor, origin: Origin, row: Row, status: str, action: str
+    ) -> dict[str, Any]:
+        updated = await repo.set_status(conn, row["id"], status)
+        assert updated is not None
+        if actor.is_staff:
+            await self.audit.record(
+                action,
+                actor_id=actor.id,
+                origin=origin,
+                target_type="order",
+                target_id=row["id"],
+                details={"from": row["status"], "to": status},
+                conn=conn,
+            )
+        lines = await repo.lines(conn, [row["id"]])
+        return order_json(updated, lines.get(row["id"], []))
+
+    async def _after_change(self, actor: Actor, body: dict[str, Any]) -> None:
+        await self._publish(body, "order.status_changed")
+        await self.infra.mark_fresh(actor.id)
+
+    async def _publish(self, body: dict[str, Any], event: str) -> None:
+        # After commit: a consumer never sees an event for a change that rolled back. If Redis
+        # is down at this instant the event is lost; the order row stays the source of truth.
+        try:
+            await self.infra.redis.xadd(
+                self.infra.settings.order_stream,
+                {
+                    "event": event,
+                    "order_id": body["id"],
+                    "status": body["status"],
+                    "version": str(body["version"]),
+                    "occurred_at": datetime.now(UTC).isoformat(),
+                },
+                maxlen=1_000_000,
+                approximate=True,
+            )
+        except Exception:  # noqa: BLE001 - the write is committed; a lost event is logged
+            logger.exception("could not publish {} for order {}", event, body["id"])

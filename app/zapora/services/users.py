@@ -1,0 +1,80 @@
+"""User administration: roles and activation, audited."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from zapora.infra.db import Row
+from zapora.repositories import users as users_repo
+from zapora.services.audit import AuditService
+from zapora.services.common import Actor, Forbidden, NotFound, Origin, Page, Role
+from zapora.services.context import Infra
+
+
+class UserService:
+    def __init__(self, infra: Infra, audit: AuditService) -> None:
+        self.infra = infra
+        self.audit = audit
+
+    async def get(self, user_id: UUID) -> Row:
+        async with self.infra.db.reader(fresh=True) as conn:
+            user = await users_repo.by_id(conn, user_id)
+        if user is None:
+            raise NotFound("User not found.")
+        return user
+
+    async def list(self, page: Page) -> tuple[list[Row], int]:
+        async with self.infra.db.reader(fresh=True) as conn:
+            return await users_repo.page(conn, page.limit, page.offset)
+
+    async def update(
+        self,
+        actor: Actor,
+        origin: Origin,
+        user_id: UUID,
+        role: Role | None,
+        is_active: bool | None,
+    ) -> Row:
+        if role is not None and user_id == actor.id:
+            await self.audit.record(
+                "permission.denied",
+                actor_id=actor.id,
+                origin=origin,
+                target_type="user",
+                target_id=user_id,
+                details={"reason": "own role change"},
+            )
+            raise Forbidden("You cannot change your own role.")
+        changes: dict[str, object] = {}
+        if role is not None:
+            changes["role"] = str(role)
+        if is_active is not None:
+            changes["is_active"] = is_active
+        async with self.infra.db.transaction() as conn:
+            before = await users_repo.by_id(conn, user_id)
+            if before is None:
+                raise NotFound("User not found.")
+            if not changes:
+                return before
+            after = await users_repo.update(conn, user_id, changes)
+            assert after is not None
+            if role is not None and before["role"] != after["role"]:
+                await self.audit.record(
+                    "user.role_changed",
+                    actor_id=actor.id,
+                    origin=origin,
+                    target_type="user",
+                    target_id=user_id,
+                    details={"from": before["role"], "to": after["role"]},
+                    conn=conn,
+                )
+            await self.audit.record(
+                "user.updated",
+                actor_id=actor.id,
+                origin=origin,
+                target_type="user",
+                target_id=user_id,
+                details={k: str(v) for k, v in changes.items()},
+                conn=conn,
+            )
+        return after

@@ -1,0 +1,108 @@
+"""The one configuration object: environment variables prefixed ZAPORA_, secrets from files."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values people paste from examples; refusing them outside development keeps a demo secret
+# from ever signing production tokens.
+_PLACEHOLDERS = ("change", "placeholder", "example", "secret", "password", "default", "xxxx")
+_MIN_SECRET_BYTES = 32
+_MIN_DISTINCT_BYTES = 12
+
+
+class Environment(StrEnum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class WeakSecretError(ValueError):
+    pass
+
+
+def check_secret(value: bytes) -> None:
+    """Refuse secrets that are short, low in variety or look like a placeholder."""
+    if len(value) < _MIN_SECRET_BYTES:
+        raise WeakSecretError(f"the JWT secret must be at least {_MIN_SECRET_BYTES} bytes")
+    if len(set(value)) < _MIN_DISTINCT_BYTES:
+        raise WeakSecretError("the JWT secret does not look random (too few distinct bytes)")
+    lowered = value.lower()
+    if any(word.encode() in lowered for word in _PLACEHOLDERS):
+        raise WeakSecretError("the JWT secret looks like a placeholder")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZAPORA_", extra="ignore")
+
+    environment: Environment = Environment.production
+    # libpq connection strings; a password belongs in a passfile (`?passfile=/run/secrets/..`)
+    # so it never sits in the environment.
+    database_url: str = "postgresql:///zapora"
+    replica_database_url: str | None = None
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: Path | None = None
+
+    jwt_secret_file: Path | None = None
+    jwt_issuer: str = "zapora"
+    jwt_audience: str = "zapora-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=30)
+    refresh_token_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_client: int = 20
+    login_failure_window_seconds: int = 900
+
+    # After a write a client reads from the primary for this long (read-your-writes).
+    read_your_writes_seconds: int = 5
+    menu_cache_ttl_seconds: int = 300
+    max_body_bytes: int = 64 * 1024
+    trusted_proxy_hops: int = 0
+
+    otlp_endpoint: str | None = None
+    service_name: str = "zapora-api"
+    log_level: str = "INFO"
+
+    order_stream: str = "zapora:order-events"
+    worker_group: str = "zapora-workers"
+    worker_reclaim_idle_ms: int = 60_000
+    worker_block_ms: int = 5_000
+    # Idempotency keys older than this are purged by the worker; retries come within minutes.
+    idempotency_key_ttl_hours: int = Field(default=24, ge=1)
+    purge_interval_seconds: int = Field(default=600, ge=1)
+
+    # Loaded from jwt_secret_file by the validator below; never read from the environment.
+    jwt_secret: SecretStr = Field(default=SecretStr(""), exclude=True)
+    redis_password: SecretStr | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _load_secrets(self) -> Settings:
+        if self.jwt_secret_file is not None:
+            raw = self.jwt_secret_file.read_bytes().strip()
+        elif self.environment is Environment.development:
+            raw = secrets.token_urlsafe(48).encode()
+        else:
+            raise WeakSecretError("ZAPORA_JWT_SECRET_FILE must name a file holding the secret")
+        try:
+            check_secret(raw)
+        except WeakSecretError:
+            if self.environment is not Environment.development:
+                raise
+        self.jwt_secret = SecretStr(raw.decode("utf-8", "surrogateescape"))
+        if self.redis_password_file is not None:
+            self.redis_password = SecretStr(self.redis_password_file.read_text().strip())
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,208 @@
+"""The API as deployed: gunicorn with uvicorn workers. Metrics add up across workers, SIGTERM
+drains in-flight requests, OTLP spans (HTTP, SQL, Redis) reach a collector, and concurrent
+retries with one Idempotency-Key over real sockets make one order."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from . import servers as srv
+from .conftest import Catalog, People
+
+
+@dataclass
+class Collector:
+    spans: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _collector() -> tuple[ThreadingHTTPServer, Collector]:
+    seen = Collector()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            request = ExportTraceServiceRequest.FromString(body)
+            for resource in request.resource_spans:
+                for scope in resource.scope_spans:
+                    for span in scope.spans:
+                        attrs = {a.key: a.value for a in span.attributes}
+                        seen.spans.append((span.trace_id.hex(), span.name, attrs))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+@dataclass
+class Running:
+    url: str
+    proc: subprocess.Popen[bytes]
+    collector: Collector
+
+
+def start_gunicorn(
+    servers: srv.Servers, secret_file: Path, tmp: Path, **env: str
+) -> tuple[str, subprocess.Popen[bytes]]:
+    port = srv.free_port()
+    metrics_dir = tmp / "prom"
+    metrics_dir.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zapora.cli", "serve"],
+        env={
+            **os.environ,
+            "ZAPORA_ENVIRONMENT": "test",
+            "ZAPORA_DATABASE_URL": servers.primary.dsn(),
+            "ZAPORA_REDIS_URL": servers.redis_url,
+            "ZAPORA_JWT_SECRET_FILE": str(secret_file),
+            "ZAPORA_BCRYPT_ROUNDS": "4",
+            "ZAPORA_BIND": f"127.0.0.1:{port}",
+            "ZAPORA_WORKERS": "2",
+            "ZAPORA_LOG_LEVEL": "WARNING",
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+                return url, proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("gunicorn did not become ready")
+
+
+@pytest.fixture(scope="module")
+def running(
+    servers: srv.Servers, secret_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    collector_server, collector = _collector()
+    url, proc = start_gunicorn(
+        servers,
+        secret_file,
+        tmp_path_factory.mktemp("gunicorn"),
+        ZAPORA_OTLP_ENDPOINT=f"http://127.0.0.1:{collector_server.server_port}",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    try:
+        yield Running(url, proc, collector)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        collector_server.shutdown()
+
+
+def _metric(text: str, prefix: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def test_metrics_add_up_across_workers(running: Running) -> None:
+    before = _metric(
+        httpx.get(running.url + "/metrics").text,
+        'zapora_http_requests_total{method="GET",route="/health/live",status="200"}',
+    )
+    # New connections each time so both workers serve some of them.
+    for _ in range(40):
+        assert httpx.get(running.url + "/health/live").status_code == 200
+    after = _metric(
+        httpx.get(running.url + "/metrics").text,
+        'zapora_http_requests_total{method="GET",route="/health/live",status="200"}',
+    )
+    assert after - before == 40
+
+
+def test_spans_reach_the_collector(running: Running, catalog: Catalog, people: People) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = httpx.get(
+        running.url + "/orders",
+        headers={**people.customer.headers, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )
+    assert r.status_code == 200
+    deadline = time.monotonic() + 10
+    names: set[str] = set()
+    while time.monotonic() < deadline:
+        names = {name for tid, name, _ in running.collector.spans if tid == trace_id}
+        if {"GET /orders", "SQL SELECT"} <= names and any(n.startswith("redis ") for n in names):
+            break
+        time.sleep(0.2)
+    assert "GET /orders" in names
+    assert "SQL SELECT" in names
+    assert any(n.startswith("redis ") for n in names)
+
+
+def test_concurrent_idempotent_posts_over_http(
+    running: Running, people: People, catalog: Catalog, db: psycopg.Connection[dict[str, Any]]
+) -> None:
+    headers = {**people.customer.headers, "Idempotency-Key": "http-retry"}
+    body = {"items": [{"menu_item_id": catalog.items[0]["id"], "quantity": 3}]}
+    barrier = threading.Barrier(20)
+
+    def post(_: int) -> httpx.Response:
+        barrier.wait()
+        return httpx.post(running.url + "/orders", json=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(post, range(20)))
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert all(r.json() == responses[0].json() for r in responses)
+    assert db.execute("SELECT count(*) AS n FROM orders").fetchone() == {"n": 1}
+
+
+def test_sigterm_drains_in_flight_requests(
+    servers: srv.Servers, secret_file: Path, tmp_path: Path, client: TestClient
+) -> None:
+    url, proc = start_gunicorn(servers, secret_file, tmp_path)
+    result: dict[str, Any] = {}
+    with psycopg.connect(servers.primary.dsn()) as blocker:
+        # The request waits on this lock, so it is in flight when SIGTERM arrives.
+        blocker.execute("LOCK TABLE menus IN ACCESS EXCLUSIVE MODE")
+
+        def slow() -> None:
+            result["response"] = httpx.get(url + "/menus", timeout=30)
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.poll() is None  # still draining
+        blocker.rollback()
+    thread.join(30)
+    assert result["response"].status_code == 200
+    assert proc.wait(30) == 0
