@@ -64,8 +64,8 @@ lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check 
 test-unit: setup  ## fast checks of the repository's own conventions
 	$(call pytest,unit,tests/unit)
 
-test-app: setup  ## the API's tests against real PostgreSQL and Redis
-	$(call pytest,app,tests/app)
+test-app: image  ## the API's tests against real PostgreSQL and Redis (and its image build)
+	$(call pytest,app,tests/app --cov=zapora --cov-report=term-missing:skip-covered --cov-fail-under=90)
 
 test-role: image  ## molecule test for one role: make test-role ROLE=name
 	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<name>; roles with scenarios: $(ROLES_WITH_SCENARIOS)"; exit 2; }

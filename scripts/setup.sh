@@ -44,9 +44,10 @@ need_root() {
 # --- Debian packages ----------------------------------------------------------------
 # docker.io et al.: the engine for the lab and molecule; debootstrap: the base image;
 # postgresql, redis-server: the real servers the API tests start on loopback;
-# nftables, openssh-client: firewall syntax checks and SSH to the lab hosts.
+# nftables, openssh-client: firewall syntax checks and SSH to the lab hosts;
+# wrk: the load generator of bench/.
 apt_packages=(docker.io containerd runc iptables debootstrap openssh-client rsync
-              postgresql redis-server nftables make git curl python3-venv)
+              postgresql redis-server nftables make git curl python3-venv wrk)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -16,7 +16,11 @@ import pytest
 from . import servers as srv
 
 REPO = Path(__file__).resolve().parents[2]
-BASE_IMAGE = os.environ.get("ZAPORA_APP_BASE_IMAGE", "zapora/debian13-systemd:current")
+BASE_IMAGE = (
+    os.environ.get("ZAPORA_APP_BASE_IMAGE")
+    or os.environ.get("ZAPORA_BASE_IMAGE")
+    or "zapora/debian13-systemd:current"
+)
 
 
 def _docker(*args: str, timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -27,10 +31,13 @@ def _docker(*args: str, timeout: float = 60, **kwargs: object) -> subprocess.Com
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("no Docker engine (make setup starts one)")
-    if _docker("image", "inspect", BASE_IMAGE).returncode != 0:
-        pytest.skip(f"base image {BASE_IMAGE} is missing: build it with `make image`")
+    # Not a skip: `make test-app` builds the base image first, so a missing engine or
+    # image is a broken setup and must show as a failure.
+    engine = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    assert engine.returncode == 0, "no Docker engine: run `make setup`, which starts one"
+    assert _docker("image", "inspect", BASE_IMAGE).returncode == 0, (
+        f"base image {BASE_IMAGE} is missing: build it with `make image`"
+    )
     tag = "zapora/api:test"
     context = subprocess.Popen(
         [
