@@ -227,3 +227,44 @@ def test_docker_and_compose_run_on_compose_hosts_only(lab: Lab) -> None:
             assert "table inet zapora" in tables and "table ip nat" in tables, name
         else:
             assert active != "active", f"{name} runs docker but is in no Compose group"
+
+
+# A Compose stack on an app host whose image is made on the host itself from its own
+# python3 (no registry is reachable, and nothing is named after an official image).
+E2E_IMAGE = "zapora-e2e/pyhttp:local"
+E2E_STACK = """\
+services:
+  web:
+    image: zapora-e2e/pyhttp:local
+    command: ["/usr/bin/python3", "-m", "http.server", "8080"]
+    ports: ["{allowed}:8080", "18081:8080"]
+"""
+
+
+def test_published_container_ports_are_filtered(lab: Lab) -> None:
+    app = lab.groups["app"][0]
+    # An app-upstream port (open to edge hosts) unless a real stack already uses it.
+    allowed = next((p for p in (8002, 8001) if not is_listening(lab, app, p)), None)
+    lab.ssh(
+        app,
+        f"docker image inspect {E2E_IMAGE} >/dev/null 2>&1 || "
+        "tar -chf - $(ldd /usr/bin/python3 | grep -o '/[^ ]*') /usr/bin/python3 "
+        f"/usr/lib/python3.13 2>/dev/null | docker import - {E2E_IMAGE} >/dev/null",
+        timeout=120,
+    )
+    stack = E2E_STACK.format(allowed=allowed or 18082)
+    workdir = "/root/zapora-e2e-baseline"
+    lab.ssh(app, f"mkdir -p {workdir} && printf %s {shlex.quote(stack)} > {workdir}/compose.yml")
+    try:
+        lab.ssh(app, f"cd {workdir} && docker compose -p e2e-baseline up -d --wait", timeout=120)
+        lab.ssh(
+            app,
+            'for i in $(seq 50); do python3 -c "import urllib.request as u; '
+            "u.urlopen('http://127.0.0.1:18081/', timeout=1)\" && exit 0; sleep 0.2; done; exit 1",
+        )
+        assert port_state(lab, "edge1", app, 18081) == "filtered"
+        if allowed:
+            assert port_state(lab, "edge1", app, allowed) == "open"
+            assert port_state(lab, lab.groups["postgres"][0], app, allowed) == "filtered"
+    finally:
+        lab.ssh(app, f"cd {workdir} && docker compose -p e2e-baseline down -t 1", check=False)
