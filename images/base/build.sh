@@ -88,6 +88,9 @@ fi
 
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
+# An empty list directory with a fresh mtime makes apt's cache_valid_time believe the
+# index is fresh; date it to the epoch so the first apt task refreshes it.
+touch -d @0 "$root"/var/lib/apt/lists
 
 echo ">> importing as $ref" >&2
 tar -C "$root" --numeric-owner -c . | docker import \
