@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.e2e.conftest import INVENTORY, LAB_KEY, Lab
 
 pytestmark = pytest.mark.e2e
