@@ -9,7 +9,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export ANSIBLE_FORCE_COLOR := false
 # The base image reference (content-hash tag) that molecule and the lab use.
-export ZAPORA_BASE_IMAGE = $(shell images/base/build.sh --ref)
+export ZAPORA_BASE_IMAGE := $(shell images/base/build.sh --ref)
 
 ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml)))
 PLAYBOOKS = $(wildcard playbooks/*.yml)

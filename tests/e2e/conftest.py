@@ -77,11 +77,16 @@ class Lab:
         return result
 
 
+def venv_tool(name: str) -> str:
+    """An Ansible command from the venv, also when pytest runs without .venv/bin on PATH."""
+    beside = Path(sys.executable).parent / name
+    tool = str(beside) if beside.exists() else shutil.which(name)
+    assert tool, f"{name} not found: run `make setup` (it creates .venv)"
+    return tool
+
+
 def _inventory() -> dict[str, object]:
-    # The venv's tool, also when pytest is started without .venv/bin on PATH.
-    beside = Path(sys.executable).parent / "ansible-inventory"
-    tool = str(beside) if beside.exists() else shutil.which("ansible-inventory")
-    assert tool, "ansible-inventory not found: run `make setup` (it creates .venv)"
+    tool = venv_tool("ansible-inventory")
     out = subprocess.run(
         [tool, "-i", str(INVENTORY), "--list"], capture_output=True, text=True, check=True
     )

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import INVENTORY, REPO, Lab
+from tests.e2e.conftest import INVENTORY, REPO, Lab, venv_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +19,7 @@ OTHER_LAB = "zapora-labcheck"
 
 
 def lab_up(*extra: str) -> subprocess.CompletedProcess[str]:
-    playbook = Path(sys.executable).parent / "ansible-playbook"
+    playbook = venv_tool("ansible-playbook")
     return subprocess.run(
         [
             str(playbook),

@@ -5,21 +5,19 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import INVENTORY, REPO, Lab
+from tests.e2e.conftest import INVENTORY, REPO, Lab, venv_tool
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_second_site_run_changes_nothing(lab: Lab) -> None:
-    playbook = Path(sys.executable).parent / "ansible-playbook"
+    playbook = venv_tool("ansible-playbook")
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
     result = subprocess.run(
-        [str(playbook), "-i", str(INVENTORY), str(REPO / "playbooks" / "site.yml")],
+        [playbook, "-i", str(INVENTORY), str(REPO / "playbooks" / "site.yml")],
         capture_output=True,
         text=True,
         timeout=900,
