@@ -25,7 +25,7 @@ define pytest
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests for $(1)"; exit 1; fi; exit $$rc
 endef
 
-.PHONY: help setup image lab lab-up lab-down lab-status lint test test-unit test-app test-roles \
+.PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-app test-roles \
         test-role test-e2e lock bench clean
 
 help:  ## list the targets
@@ -33,6 +33,9 @@ help:  ## list the targets
 
 setup:  ## install what the controller lacks (Docker engine, debootstrap, .venv); idempotent
 	@scripts/setup.sh
+
+setup-test:  ## setup, plus the test machine's servers (PostgreSQL, Redis, wrk; services left stopped)
+	@scripts/setup.sh --test
 
 image: setup  ## build the Debian 13 systemd base image if its recipe changed
 	@images/base/build.sh >/dev/null
@@ -64,7 +67,7 @@ lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check 
 test-unit: setup  ## fast checks of the repository's own conventions
 	$(call pytest,unit,tests/unit)
 
-test-app: image  ## the API's tests against real PostgreSQL and Redis (and its image build)
+test-app: image setup-test  ## the API's tests against real PostgreSQL and Redis (and its image build)
 	$(call pytest,app,tests/app --cov=zapora --cov-report=term-missing:skip-covered --cov-fail-under=90)
 
 test-role: image  ## molecule test for one role: make test-role ROLE=name
@@ -98,5 +101,5 @@ lock:  ## regenerate requirements/*.txt (pins and hashes, no index URLs) from py
 	pip-compile -q --generate-hashes --no-emit-index-url --no-emit-find-links --no-emit-trusted-host \
 	  --strip-extras --allow-unsafe -o requirements/app.txt pyproject.toml
 
-bench: setup  ## API benchmarks (prints req/s, p50, p99)
+bench: setup-test  ## API benchmarks (prints req/s, p50, p99)
 	python bench/run.py

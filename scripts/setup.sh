@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Controller setup, idempotent: installs what is missing and starts the Docker engine.
 # Run by `make setup` (and by every make target that needs it). A second run takes seconds.
+#   scripts/setup.sh          an admin's controller: Docker engine, debootstrap, .venv
+#   scripts/setup.sh --test   also the test machine's servers (PostgreSQL, Redis, wrk)
 #
 # Environment:
 #   ZAPORA_DOCKER_LOG   where a dockerd started here logs (default /var/log/zapora-dockerd.log)
@@ -42,12 +44,15 @@ need_root() {
 }
 
 # --- Debian packages ----------------------------------------------------------------
-# docker.io et al.: the engine for the lab and molecule; debootstrap: the base image;
-# postgresql, redis-server: the real servers the API tests start on loopback;
-# nftables, openssh-client: firewall syntax checks and SSH to the lab hosts;
-# wrk: the load generator of bench/.
+# Controller (always): docker.io et al. for the lab and molecule; debootstrap for the base
+# image; nftables and openssh-client for firewall syntax checks and SSH to the lab hosts.
 apt_packages=(docker.io containerd runc iptables debootstrap openssh-client rsync
-              postgresql redis-server nftables make git curl python3-venv wrk)
+              nftables make git curl python3-venv)
+# Test machine only (--test): the real PostgreSQL and Redis binaries the API tests start
+# on loopback themselves, and wrk for bench/. Installed with services held back
+# (policy-rc.d), so nothing that already runs on this machine is stopped or restarted.
+test_packages=(postgresql redis-server wrk)
+[[ "${1:-}" == "--test" ]] && apt_packages+=("${test_packages[@]}")
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -56,11 +61,17 @@ if ((${#missing[@]})); then
     need_root "install Debian packages (${missing[*]})"
     say "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -q
+    # A package installed here must not start its service: the tests start their own
+    # servers, and an admin's controller is not a database host. policy-rc.d 101 tells
+    # invoke-rc.d (and deb-systemd-invoke) to leave services alone during this install only.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee $policy >/dev/null
+        $SUDO chmod 0755 $policy
+        trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-    # The packaged servers must not hold the ports the tests use: tests start their own.
-    for svc in postgresql redis-server; do
-        $SUDO service "$svc" stop >/dev/null 2>&1 || true
-    done
+    [[ -n "$(trap -p EXIT)" ]] && { $SUDO rm -f $policy; trap - EXIT; }
 fi
 
 # --- Docker engine ------------------------------------------------------------------
@@ -97,6 +108,15 @@ want="$(cat "$lock" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     say "installing the controller venv from requirements/dev.txt"
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+    # The interpreter's bundled pip may be old (23.x on Debian 12): it cannot install a
+    # --strip-extras hashed lock whose packages depend on extras. Bring the lock's own
+    # pinned, hash-checked pip first, so the result does not depend on the interpreter.
+    pip_pin="$(mktemp)"
+    awk '/^pip==/{p=1} p&&/^[a-z]/&&!/^pip==/{p=0} p&&!/^ *#/' "$lock" >"$pip_pin"
+    [[ -s "$pip_pin" ]] || die "requirements/dev.txt pins no pip (run 'make lock')."
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$pip_pin" 2>&1 \
+        | { grep -v 'is ignored: it is neither' || true; }
+    rm -f "$pip_pin"
     # (grep: some machines' pip config names find-links folders that do not exist.)
     "$venv/bin/pip" install -q --require-hashes -r "$lock" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
     "$venv/bin/pip" install -q --no-deps -e "$repo" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
