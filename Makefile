@@ -75,6 +75,7 @@ test-role: image  ## molecule test for one role: make test-role ROLE=name
 	cd roles/$(ROLE) && molecule test
 
 test-roles: image  ## molecule test for every role with a scenario
+	@test -n "$(ROLES_WITH_SCENARIOS)" || { echo "ERROR: no role has a molecule scenario: test-roles ran nothing"; exit 1; }
 	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt; rc=0; \
 	for r in $(ROLES_WITH_SCENARIOS); do \
 	  echo ">> molecule: $$r"; start=$$(date +%s); \
