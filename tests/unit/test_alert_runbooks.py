@@ -31,9 +31,8 @@ def test_every_alert_has_severity_summary_and_runbook() -> None:
         assert isinstance(labels, dict) and isinstance(notes, dict)
         assert labels.get("severity") in SEVERITIES, f"{alert['alert']}: severity {labels}"
         assert notes.get("summary"), f"{alert['alert']}: no summary"
-        assert notes.get("runbook") == f"docs/alerts.md#{str(alert['alert']).lower()}", (
-            f"{alert['alert']}: runbook annotation must be docs/alerts.md#{str(alert['alert']).lower()}"
-        )
+        anchor = f"docs/alerts.md#{str(alert['alert']).lower()}"
+        assert notes.get("runbook") == anchor, f"{alert['alert']}: runbook must be {anchor}"
 
 
 def test_every_alert_has_a_runbook_section() -> None:
