@@ -52,6 +52,7 @@ class Load:
         self.client = client
         self.interval = interval
         self.failures: list[float] = []
+        self.errors: list[str] = []
         self.latencies: list[tuple[float, float]] = []
         self.acked: list[bytes] = []
         self.ops = 0
@@ -66,8 +67,9 @@ class Load:
                 await self.client.exists(f"auth:revoked:{n}")
                 entry = await self.client.xadd(STREAM, {"n": str(n)})
                 self.acked.append(entry)
-            except Exception:  # noqa: BLE001 - a failed operation is what is counted
+            except Exception as exc:  # noqa: BLE001 - a failed operation is what is counted
                 self.failures.append(time.monotonic())
+                self.errors.append(f"{type(exc).__name__}: {str(exc)[-70:]}")
             self.latencies.append((started, time.monotonic() - started))
             self.ops += 1
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
@@ -100,6 +102,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 break
             old = cluster.primary_port()
             failures_before = len(load.failures)
+            errors_before = len(load.errors)
             acked_before = len(load.acked)
             killed_at = time.monotonic()
             cluster.node(old).kill()
@@ -122,6 +125,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "slowest_op_s": round(slowest, 2),
                 "acked_entries": len(acked),
                 "acked_entries_lost": len(lost),
+                "errors": sorted(set(load.errors[errors_before:])),
             }
             kills.append(kill)
             print(json.dumps(kill), flush=True)
