@@ -174,7 +174,8 @@ def cmd_single(args) -> dict:
 
 
 def cmd_loop(args) -> dict:
-    """Sequential requests (new connection each) for --seconds; counts colours and failures."""
+    """Sequential requests, a new connection each, until --until has answered for 2 s (at
+    most --seconds); counts the colours that answered and every failed request."""
     colours: dict[str, int] = {}
     failures: list[str] = []
     end = time.monotonic() + args.seconds
@@ -187,10 +188,13 @@ def cmd_loop(args) -> dict:
                 failures.append(str(status))
             else:
                 colours[payload["colour"]] = colours.get(payload["colour"], 0) + 1
+                if payload["colour"] == args.until and end - time.monotonic() > 2:
+                    end = time.monotonic() + 2
         except (OSError, http.client.HTTPException) as exc:
             failures.append(type(exc).__name__)
         time.sleep(0.02)
     check(not failures, f"failed requests during the loop: {failures[:10]}")
+    check(args.until in colours, f"{args.until} never answered in {args.seconds} s")
     return {"requests": n, "colours": colours, "failed_requests": len(failures)}
 
 
@@ -226,7 +230,7 @@ def main() -> None:
     sub.add_parser("waf")
     p = sub.add_parser("ratelimit"); p.add_argument("--expect", required=True); p.add_argument("--count", type=int, default=120)
     p = sub.add_parser("single"); p.add_argument("--path", default="/menus"); p.add_argument("--xff", default=""); p.add_argument("--want", type=int, default=0)
-    p = sub.add_parser("loop"); p.add_argument("--seconds", type=float, default=8)
+    p = sub.add_parser("loop"); p.add_argument("--seconds", type=float, default=120); p.add_argument("--until", default="green")
     p = sub.add_parser("tls"); p.add_argument("--accept", default="TLSv1.2,TLSv1.3")
     args = parser.parse_args()
     out = globals()["cmd_" + args.cmd](args)
