@@ -73,11 +73,15 @@ def _openapi(args: argparse.Namespace) -> int:
 
 
 async def _run_worker() -> None:
+    from zapora.infra.metrics import start_metrics_server
     from zapora.services.context import Infra
     from zapora.services.events import OrderEventConsumer
 
-    infra = Infra.from_settings(get_settings())
+    settings = get_settings()
+    infra = Infra.from_settings(settings)
     await infra.open()
+    if settings.worker_metrics_port:
+        start_metrics_server(settings.metrics_host, settings.worker_metrics_port)
     consumer = OrderEventConsumer(infra)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,8 @@ from . import servers as srv
 
 PASSWORD = "correct horse battery"
 TABLES = (
-    "users, menus, menu_items, orders, order_items, idempotency_keys, audit_events, order_events"
+    "users, menus, menu_items, orders, order_items, idempotency_keys, audit_events, order_events,"
+    " outbox, revoked_tokens, revoked_token_families, used_refresh_tokens"
 )
 
 

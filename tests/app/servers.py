@@ -147,6 +147,39 @@ def wait_for_standby(primary: Postgres, standby: Postgres, timeout: float = 15) 
     raise RuntimeError("the standby did not catch up")
 
 
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """A Redis on loopback that keeps nothing on disk: a restart starts it empty."""
+    proc = subprocess.Popen(
+        [
+            "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def started(durable: bool = False) -> Iterator[Servers]:
     root = Path(tempfile.mkdtemp(prefix="zapora-test-"))

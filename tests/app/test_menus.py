@@ -105,11 +105,12 @@ def test_menu_item_validation(client: TestClient, people: People, catalog: Catal
         {**base, "id": str(uuid.uuid4())},
     ):
         assert client.post("/menu-items", json=bad, headers=h).status_code == 422, bad
+    # A well-formed menu id naming no menu: the state, not the request, is wrong.
     r = client.post("/menu-items", json={**base, "menu_id": str(uuid.uuid4())}, headers=h)
-    assert r.status_code == 422
+    assert r.status_code == 409
     item_id = catalog.items[0]["id"]
     r = client.patch(f"/menu-items/{item_id}", json={"menu_id": str(uuid.uuid4())}, headers=h)
-    assert r.status_code == 422
+    assert r.status_code == 409
     assert client.patch(f"/menu-items/{item_id}", json={}, headers=h).status_code == 200
     missing = f"/menu-items/{uuid.uuid4()}"
     assert client.patch(missing, json={"name": "x"}, headers=h).status_code == 404

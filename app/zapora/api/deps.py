@@ -45,14 +45,19 @@ async def current_actor(request: Request, services: ServicesDep, credentials: Be
 CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
-async def fresh_reads(services: ServicesDep, credentials: Bearer) -> bool:
-    """True when the caller wrote recently and must read from the primary."""
+async def fresh_reads(request: Request, services: ServicesDep) -> bool:
+    """True when the caller wrote recently and must read from the primary.
+
+    Public reads take an optional token only as this routing hint, so they read the header
+    themselves: a security requirement in the OpenAPI document would tell clients the token
+    is needed."""
     if services.infra.db.replica is None:
         return True
-    if credentials is None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
         return False
     try:
-        claims = services.infra.tokens.decode(credentials.credentials, "access")
+        claims = services.infra.tokens.decode(token.strip(), "access")
     except InvalidToken:
         return False
     return await services.infra.is_fresh(claims.sub)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loguru import logger
+
 from zapora.infra.db import Database
+from zapora.infra.errors import UNAVAILABLE
+from zapora.infra.metrics import DEGRADED
 from zapora.infra.redis import TracedRedis, create_redis
 from zapora.infra.security import TokenCodec
 from zapora.settings import Settings
@@ -30,7 +34,10 @@ class Infra:
             ),
             redis=create_redis(settings.redis_url, password),
             tokens=TokenCodec(
-                settings.jwt_secret.get_secret_value(), settings.jwt_issuer, settings.jwt_audience
+                settings.jwt_secret.get_secret_value(),
+                settings.jwt_issuer,
+                settings.jwt_audience,
+                settings.jwt_leeway_seconds,
             ),
         )
 
@@ -43,12 +50,23 @@ class Infra:
 
     async def mark_fresh(self, user_id: object) -> None:
         """Remember that this client just wrote, so its next reads go to the primary."""
-        if self.db.replica is not None:
+        if self.db.replica is None:
+            return
+        try:
             await self.redis.set(f"ryw:{user_id}", b"1", ex=self.settings.read_your_writes_seconds)
+        except UNAVAILABLE as exc:
+            # The write is committed; its answer must not fail. This client may read from the
+            # replica during the next seconds (read-your-writes is best effort without Redis).
+            DEGRADED.labels("redis", "mark_fresh").inc()
+            logger.warning("could not mark {} fresh: {}", user_id, exc)
 
     async def is_fresh(self, user_id: object | None) -> bool:
         if self.db.replica is None:
             return True
         if user_id is None:
             return False
-        return bool(await self.redis.exists(f"ryw:{user_id}"))
+        try:
+            return bool(await self.redis.exists(f"ryw:{user_id}"))
+        except UNAVAILABLE:
+            DEGRADED.labels("redis", "is_fresh").inc()
+            return True  # without Redis nobody knows who wrote: read the primary

@@ -1,0 +1,169 @@
+"""Degrade, don't fall over: with Redis stopped mid-run the API keeps serving reads, orders
+and sign-ins from PostgreSQL, throttles failed logins in-process and answers problem+json;
+revocations survive a Redis restart that lost everything; the outbox delivers what was
+committed meanwhile. With the replica stopped, reads fall back to the primary and readiness
+reports the replica without failing. Every server here is real."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from zapora.services.context import Infra
+from zapora.services.outbox import OutboxRelay
+from zapora.settings import Settings
+
+from . import servers as srv
+from .conftest import PASSWORD, app_for, login, make_settings, register
+
+
+class OwnRedis:
+    """A Redis only this test uses, so stopping it disturbs no other test."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = srv.free_port()
+        self.directory = directory
+        self.proc = srv.start_redis(self.port, directory)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    def start(self) -> None:
+        self.proc = srv.start_redis(self.port, self.directory)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    own = OwnRedis(tmp_path)
+    yield own
+    if own.proc.poll() is None:
+        own.stop()
+
+
+async def _relay(settings: Settings) -> int:
+    infra = Infra.from_settings(settings)
+    await infra.open()
+    try:
+        return await OutboxRelay(infra).relay_once()
+    finally:
+        await infra.close()
+
+
+def _is_problem(r: Any) -> bool:
+    return bool(r.headers.get("content-type") == "application/problem+json")
+
+
+def test_redis_stopped_mid_run(
+    servers: srv.Servers,
+    secret_file: Path,
+    own_redis: OwnRedis,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    settings = make_settings(
+        servers, secret_file, redis_url=own_redis.url, login_max_failures_per_account=3
+    )
+    with TestClient(app_for(settings)) as client:
+        register(client, "cook@example.com")
+        db.execute("UPDATE users SET role = 'staff' WHERE email = 'cook@example.com'")
+        staff = {"Authorization": f"Bearer {login(client, 'cook@example.com')['access_token']}"}
+        register(client, "eve@example.com")
+        tokens = login(client, "eve@example.com")
+        eve = {"Authorization": f"Bearer {tokens['access_token']}"}
+        menu = client.post("/menus", json={"name": "Night"}, headers=staff).json()
+        item = client.post(
+            "/menu-items",
+            json={"menu_id": menu["id"], "name": "Ramen", "price_minor": 1200, "currency": "EUR"},
+            headers=staff,
+        ).json()
+        assert client.get("/menu-items").status_code == 200  # cached while Redis is up
+        asyncio.run(_relay(settings))  # the setup's own rows go out while Redis is up
+
+        own_redis.stop()
+        statuses: list[int] = []
+
+        def call(method: str, path: str, **kwargs: Any) -> Any:
+            r = client.request(method, path, **kwargs)
+            statuses.append(r.status_code)
+            return r
+
+        # Public list: served from PostgreSQL, uncached.
+        r = call("GET", "/menu-items")
+        assert r.status_code == 200
+        assert [i["name"] for i in r.json()["items"]] == ["Ramen"]
+        # Authenticated reads and orders keep working.
+        assert call("GET", "/users/me", headers=eve).status_code == 200
+        order = call(
+            "POST",
+            "/orders",
+            json={"items": [{"menu_item_id": item["id"], "quantity": 2}]},
+            headers=eve,
+        )
+        assert order.status_code == 201
+        assert call("GET", f"/orders/{order.json()['id']}", headers=eve).status_code == 200
+        # A menu change commits; its cache invalidation waits in the outbox.
+        r = call("PATCH", f"/menu-items/{item['id']}", json={"price_minor": 1300}, headers=staff)
+        assert r.status_code == 200
+        topics = [row["topic"] for row in db.execute("SELECT topic FROM outbox ORDER BY id")]
+        assert topics == ["order-event", "menu-changed"]
+        # Throttling holds without Redis: counted in this process.
+        for _ in range(3):
+            bad = call("POST", "/auth/login", json={"email": "eve@example.com", "password": "x"})
+            assert bad.status_code == 401
+        locked = call("POST", "/auth/login", json={"email": "eve@example.com", "password": "x"})
+        assert locked.status_code == 429 and int(locked.headers["Retry-After"]) >= 1
+        assert _is_problem(locked)
+        # Readiness names Redis; the answer is problem+json, not a dropped connection.
+        ready = call("GET", "/health/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "failed"
+        assert _is_problem(ready)
+        # Logout works and is durable.
+        assert call("POST", "/auth/logout", headers=eve).status_code == 204
+        assert call("GET", "/users/me", headers=eve).status_code == 401
+        assert 500 not in statuses
+
+        # Redis comes back empty (it kept nothing): revocations still hold.
+        own_redis.start()
+        assert client.get("/users/me", headers=eve).status_code == 401
+        r = client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert r.status_code == 401
+        # The relay delivers what was committed while Redis was away, in order.
+        assert asyncio.run(_relay(settings)) == 2
+        events = redis.Redis(port=own_redis.port).xrange(settings.order_stream)
+        assert [e[1][b"order_id"].decode() for e in events] == [order.json()["id"]]
+        assert db.execute("SELECT count(*) AS n FROM outbox").fetchone() == {"n": 0}
+        r = client.get("/menu-items")
+        assert r.json()["items"][0]["price_minor"] == 1300
+        # Good credentials after the lockout window are not affected by other accounts.
+        assert login(client, "cook@example.com", PASSWORD)
+
+
+def test_replica_stopped_reads_fall_back(
+    servers: srv.Servers, secret_file: Path, client: TestClient
+) -> None:
+    settings = make_settings(servers, secret_file, replica_database_url=servers.standby.dsn())
+    with TestClient(app_for(settings)) as app_client:
+        assert app_client.get("/menus").status_code == 200
+        ready = app_client.get("/health/ready").json()
+        assert ready["checks"]["replica"] == "ok"
+        servers.standby.stop()
+        try:
+            for _ in range(5):
+                assert app_client.get("/menus").status_code == 200
+            ready = app_client.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json()["checks"]["replica"] == "failed"
+        finally:
+            servers.standby.start()
+        srv.wait_for_standby(servers.primary, servers.standby)
