@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     replica_database_url: str | None = None
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
+    # A request waits this long for a database connection, then gets 503 + Retry-After.
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A lag-tolerant read waits this long for a replica connection before using the primary;
+    # after a replica failure reads stay on the primary this long.
+    replica_wait_seconds: float = Field(default=0.5, gt=0)
+    replica_retry_seconds: float = Field(default=5.0, gt=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: Path | None = None
 
@@ -66,6 +72,8 @@ class Settings(BaseSettings):
 
     # After a write a client reads from the primary for this long (read-your-writes).
     read_your_writes_seconds: int = 5
+    # Writes (POST/PATCH/DELETE) per signed-in user per minute; 0 turns the limit off.
+    user_write_limit_per_minute: int = Field(default=120, ge=0)
     menu_cache_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
     trusted_proxy_hops: int = 0

@@ -83,14 +83,19 @@ def test_cache_is_really_used(
     assert client.get("/menu-items").json() == before
 
 
-def test_menu_delete_cascades_items_and_invalidates(
+def test_menu_with_items_is_not_deleted(
     client: TestClient, people: People, catalog: Catalog
 ) -> None:
+    h = people.admin.headers
     assert client.get("/menu-items").json()["total"] == 3
-    assert (
-        client.delete(f"/menus/{catalog.menu_id}", headers=people.admin.headers).status_code == 204
-    )
+    # Items are never deleted behind a client's back: the menu must be emptied first.
+    r = client.delete(f"/menus/{catalog.menu_id}", headers=h)
+    assert r.status_code == 409
+    assert client.get("/menu-items").json()["total"] == 3
+    for item in catalog.items:
+        assert client.delete(f"/menu-items/{item['id']}", headers=h).status_code == 204
     assert client.get("/menu-items").json()["total"] == 0
+    assert client.delete(f"/menus/{catalog.menu_id}", headers=h).status_code == 204
 
 
 def test_menu_item_validation(client: TestClient, people: People, catalog: Catalog) -> None:

@@ -8,7 +8,15 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from zapora.infra.security import InvalidToken
-from zapora.services.common import Actor, Forbidden, Origin, Page, Role, Unauthorized
+from zapora.services.common import (
+    Actor,
+    Forbidden,
+    Origin,
+    Page,
+    RateLimited,
+    Role,
+    Unauthorized,
+)
 from zapora.services.registry import Services
 
 _bearer = HTTPBearer(auto_error=False)
@@ -39,6 +47,12 @@ async def current_actor(request: Request, services: ServicesDep, credentials: Be
         raise Unauthorized("Sign in to use this endpoint.")
     actor, _ = await services.auth.authenticate(credentials.credentials)
     request.state.user_id = str(actor.id)
+    if request.method not in ("GET", "HEAD"):
+        # Per-user write limit: the edge limits per address, which one user behind many
+        # addresses (or many users behind one) would slip past.
+        retry_after = await services.infra.check_write_rate(actor.id)
+        if retry_after:
+            raise RateLimited("Too many writes; try again later.", retry_after)
     return actor
 
 

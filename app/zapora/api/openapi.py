@@ -91,11 +91,13 @@ def _dependency_calls(route: APIRoute) -> set[str]:
     return names
 
 
-def _generic_statuses(route: APIRoute, operation: dict[str, Any]) -> set[int]:
+def _generic_statuses(route: APIRoute, method: str, operation: dict[str, Any]) -> set[int]:
     calls = _dependency_calls(route)
     statuses = {503}
     if "current_actor" in calls:
         statuses.add(401)
+        if method != "GET":
+            statuses.add(429)  # the per-user write limit
     if any(name.startswith("_require") for name in calls):
         statuses.add(403)
     if operation.get("parameters") or operation.get("requestBody"):
@@ -132,7 +134,7 @@ def build(app: FastAPI, routers: Sequence[APIRouter]) -> dict[str, Any]:
         for method in route.methods or ():
             operation = doc["paths"][route.path_format][method.lower()]
             responses: dict[str, Any] = operation["responses"]
-            for status in _generic_statuses(route, operation):
+            for status in _generic_statuses(route, method, operation):
                 responses.setdefault(str(status), {})
             for code, response in list(responses.items()):
                 if code.isdigit() and int(code) >= 400:

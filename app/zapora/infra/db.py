@@ -23,26 +23,28 @@ Row = dict[str, Any]
 Params = Sequence[Any] | dict[str, Any]
 
 
-async def _still_open(conn: Conn) -> None:
+def _still_open(conn: Conn) -> bool:
     """The checkout check, without a round trip: an idle connection's socket has something
     to read only when the server closed it or said it is terminating it (restart, failover,
-    switchover). Such a connection is discarded before any request uses it."""
+    switchover)."""
     if conn.closed or conn.broken:
-        raise psycopg.OperationalError("connection closed")
+        return False
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
-        raise psycopg.OperationalError("the server closed this idle connection")
+    return not readable
 
 
-def _pool(dsn: str, min_size: int, max_size: int, name: str) -> AsyncConnectionPool[Conn]:
+def _pool(
+    dsn: str, min_size: int, max_size: int, name: str, timeout: float
+) -> AsyncConnectionPool[Conn]:
     return AsyncConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        # How long a request waits for a connection before it is answered 503.
+        timeout=timeout,
         kwargs={"row_factory": dict_row, "autocommit": True},
         name=name,
         open=False,
-        check=_still_open,
         max_idle=300,
     )
 
@@ -56,9 +58,12 @@ class Database:
         max_size: int = 10,
         replica_wait_seconds: float = 0.5,
         replica_retry_seconds: float = 5.0,
+        timeout: float = 5.0,
     ) -> None:
-        self.primary = _pool(primary_dsn, min_size, max_size, "primary")
-        self.replica = _pool(replica_dsn, min_size, max_size, "replica") if replica_dsn else None
+        self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout)
+        self.replica = (
+            _pool(replica_dsn, min_size, max_size, "replica", timeout) if replica_dsn else None
+        )
         self.replica_wait_seconds = replica_wait_seconds
         self.replica_retry_seconds = replica_retry_seconds
         # While the replica is failing, reads go to the primary until this moment.
@@ -98,14 +103,23 @@ class Database:
         if self.replica is not None:
             await self.replica.close()
 
+    async def _getconn(self, pool: AsyncConnectionPool[Conn], timeout: float | None = None) -> Conn:
+        """A pooled connection the server has not closed: stale ones (the server restarted or
+        failed over) are dropped at checkout, at no round trip, and the rest of the pool is
+        checked in the background, so they do not each fail a request."""
+        for _ in range(pool.max_size + 1):
+            conn = await pool.getconn(timeout)
+            if _still_open(conn):
+                return conn
+            await conn.close()
+            await pool.putconn(conn)  # closed: the pool discards it and opens a new one
+            self._suspect(pool, psycopg.OperationalError("stale pooled connection"))
+        return await pool.getconn(timeout)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
-        try:
-            async with self.primary.connection() as conn, conn.transaction():
-                yield conn
-        except psycopg.OperationalError as exc:
-            self._suspect(self.primary, exc)
-            raise
+        async with self._on(self.primary) as conn, conn.transaction():
+            yield conn
 
     @asynccontextmanager
     async def reader(self, *, fresh: bool = False) -> AsyncIterator[Conn]:
@@ -120,7 +134,7 @@ class Database:
                 yield conn
             return
         try:
-            conn = await replica.getconn(timeout=self.replica_wait_seconds)
+            conn = await self._getconn(replica, self.replica_wait_seconds)
         except (PoolTimeout, psycopg.OperationalError) as exc:
             self._replica_failed(exc)
             async with self._on(self.primary) as conn:
@@ -137,12 +151,14 @@ class Database:
 
     @asynccontextmanager
     async def _on(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+        conn = await self._getconn(pool)
         try:
-            async with pool.connection() as conn:
-                yield conn
+            yield conn
         except psycopg.OperationalError as exc:
             self._suspect(pool, exc)
             raise
+        finally:
+            await pool.putconn(conn)
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:

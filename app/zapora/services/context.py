@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from loguru import logger
@@ -31,6 +32,9 @@ class Infra:
                 settings.replica_database_url,
                 settings.db_pool_min,
                 settings.db_pool_max,
+                replica_wait_seconds=settings.replica_wait_seconds,
+                replica_retry_seconds=settings.replica_retry_seconds,
+                timeout=settings.db_pool_timeout_seconds,
             ),
             redis=create_redis(settings.redis_url, password),
             tokens=TokenCodec(
@@ -59,6 +63,26 @@ class Infra:
             # replica during the next seconds (read-your-writes is best effort without Redis).
             DEGRADED.labels("redis", "mark_fresh").inc()
             logger.warning("could not mark {} fresh: {}", user_id, exc)
+
+    async def check_write_rate(self, user_id: object) -> int:
+        """Seconds to wait when this user used up its writes for the current minute, else 0.
+
+        A fixed one-minute window in Redis, shared by every process; without Redis the
+        limit is not enforced (the edge still limits per address)."""
+        limit = self.settings.user_write_limit_per_minute
+        if not limit:
+            return 0
+        now = int(time.time())
+        key = f"rl:w:{user_id}:{now // 60}"
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 61, nx=True)
+                count, _ = await pipe.execute()
+        except UNAVAILABLE:
+            DEGRADED.labels("redis", "write_rate_limit").inc()
+            return 0
+        return 60 - now % 60 if int(count) > limit else 0
 
     async def is_fresh(self, user_id: object | None) -> bool:
         if self.db.replica is None:

@@ -101,6 +101,8 @@ class MenuService:
 
     async def delete_menu(self, actor: Actor, origin: Origin, menu_id: UUID) -> None:
         async with self.infra.db.transaction() as conn:
+            if await repo.menu_has_items(conn, menu_id):
+                raise Conflict("The menu still has items; delete or move them first.")
             if not await repo.delete_row(conn, "menus", menu_id):
                 raise NotFound("Menu not found.")
             await self._audit(conn, actor, origin, "menu.deleted", "menu", menu_id)

@@ -14,7 +14,7 @@ from zapora.repositories import menus as menus_repo
 from zapora.repositories import orders as repo
 from zapora.repositories import outbox
 from zapora.services.audit import AuditService
-from zapora.services.common import Actor, Conflict, Invalid, NotFound, Origin, Page
+from zapora.services.common import Actor, Conflict, NotFound, Origin, Page
 from zapora.services.context import Infra
 from zapora.services.outbox import ORDER_EVENT
 
@@ -105,7 +105,7 @@ class OrderService:
         if record is None or record["response_body"] is None:
             raise Conflict("A request with this Idempotency-Key is still in progress.")
         if record["request_hash"] != fingerprint:
-            raise Invalid("This Idempotency-Key was already used with a different request body.")
+            raise Conflict("This Idempotency-Key was already used with a different request body.")
         return int(record["response_status"]), dict(record["response_body"])
 
     async def _insert(

@@ -98,7 +98,11 @@ async def update_menu(
     return await services.menus.update_menu(actor, origin, menu_id, changes)
 
 
-@router.delete("/menus/{menu_id}", status_code=204)
+@router.delete(
+    "/menus/{menu_id}",
+    status_code=204,
+    responses=errors(409, s409="The menu still has items; delete or move them first."),
+)
 async def delete_menu(
     menu_id: UUID, actor: StaffActor, services: ServicesDep, origin: OriginDep
 ) -> Response:

@@ -28,12 +28,8 @@ IdempotencyKey = Annotated[
         **errors(
             409,
             s409="A menu item is unknown or not available, items are priced in different "
-            "currencies, or a request with this Idempotency-Key is still in progress.",
-        ),
-        **errors(
-            422,
-            s422="The body is not valid (a menu item listed twice), or this Idempotency-Key "
-            "was used with a different body.",
+            "currencies, or this Idempotency-Key is still in progress or was used with a "
+            "different body.",
         ),
     },
 )
