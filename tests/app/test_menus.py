@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from zapora.settings import Settings
 
-from .conftest import Catalog, People, app_for
+from .conftest import Catalog, People, app_for, make_settings, register
 
 
 def test_menu_crud(client: TestClient, people: People) -> None:
@@ -157,3 +157,28 @@ def test_other_workers_drop_their_local_copy_on_write(
                 break
             assert time.monotonic() < deadline, "the other worker kept a stale list"
             time.sleep(0.005)
+
+
+def test_list_changed_outside_the_api_shows_within_the_bound(
+    servers: Any, secret_file: Any, db: psycopg.Connection[dict[str, Any]]
+) -> None:
+    """docs/api.md: a change made behind the API's back (SQL fix, restore) shows in the
+    cached list within 2 x ZAPORA_MENU_CACHE_TTL_SECONDS, under steady traffic."""
+    ttl = 1
+    settings = make_settings(servers, secret_file, menu_cache_ttl_seconds=ttl)
+    with TestClient(app_for(settings)) as c:
+        register(c, "sql@example.com")
+        db.execute("INSERT INTO menus (name) VALUES ('Out of band')")
+        menu = db.execute("SELECT id FROM menus").fetchone()
+        assert menu is not None
+        db.execute(
+            "INSERT INTO menu_items (menu_id, name, price_minor, currency)"
+            " VALUES (%s, 'Tea', 100, 'EUR')",
+            (menu["id"],),
+        )
+        assert c.get("/menu-items").json()["items"][0]["price_minor"] == 100
+        db.execute("UPDATE menu_items SET price_minor = 250")  # not through the API
+        started = time.monotonic()
+        while c.get("/menu-items").json()["items"][0]["price_minor"] != 250:
+            assert time.monotonic() - started < 2 * ttl + 0.5, "stale beyond the bound"
+            time.sleep(0.05)  # steady traffic: the list is read all the time

@@ -28,11 +28,14 @@ CACHE_KEY = "menu-items:lists"
 INVALIDATION_CHANNEL = "menu-items:invalidate"
 EPOCH_FIELD = b"epoch"
 # Store a list only if no write happened since its rows were read (the epoch is unchanged).
+# The hash's TTL is set by the first fill only (EXPIRE NX), never extended: every list in it,
+# and every field of an older epoch, is gone at most ZAPORA_MENU_CACHE_TTL_SECONDS after that
+# fill, even under steady traffic, so a change made outside the API (SQL, restore) shows.
 _FILL_IF_CURRENT = """
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if current == ARGV[3] then
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[5], 'NX')
   return 1
 end
 return 0
