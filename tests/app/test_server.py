@@ -103,7 +103,12 @@ def start_gunicorn(
         if proc.poll() is not None:
             break
         time.sleep(0.2)
-    proc.kill()
+    # SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise RuntimeError("gunicorn did not become ready")
 
 
