@@ -18,6 +18,8 @@ from psycopg.rows import dict_row
 
 from zapora.api.app import create_app
 from zapora.migrate import upgrade
+from zapora.services.context import Infra
+from zapora.services.outbox import OutboxRelay
 from zapora.settings import Settings
 
 from . import servers as srv
@@ -188,6 +190,16 @@ def catalog(client: TestClient, people: People) -> Catalog:
         assert r.status_code == 201, r.text
         items.append(r.json())
     return Catalog(menu_id, items)
+
+
+async def relay_outbox(settings: Settings) -> int:
+    """One outbox relay pass, as the worker makes it."""
+    infra = Infra.from_settings(settings)
+    await infra.open()
+    try:
+        return await OutboxRelay(infra).relay_once()
+    finally:
+        await infra.close()
 
 
 def python() -> str:

@@ -16,12 +16,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from zapora.services.context import Infra
-from zapora.services.outbox import OutboxRelay
-from zapora.settings import Settings
-
 from . import servers as srv
-from .conftest import PASSWORD, app_for, login, make_settings, register
+from .conftest import PASSWORD, app_for, login, make_settings, register, relay_outbox
 
 
 class OwnRedis:
@@ -52,15 +48,6 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
         own.stop()
 
 
-async def _relay(settings: Settings) -> int:
-    infra = Infra.from_settings(settings)
-    await infra.open()
-    try:
-        return await OutboxRelay(infra).relay_once()
-    finally:
-        await infra.close()
-
-
 def _is_problem(r: Any) -> bool:
     return bool(r.headers.get("content-type") == "application/problem+json")
 
@@ -88,7 +75,7 @@ def test_redis_stopped_mid_run(
             headers=staff,
         ).json()
         assert client.get("/menu-items").status_code == 200  # cached while Redis is up
-        asyncio.run(_relay(settings))  # the setup's own rows go out while Redis is up
+        asyncio.run(relay_outbox(settings))  # the setup's own rows go out while Redis is up
 
         own_redis.stop()
         statuses: list[int] = []
@@ -139,7 +126,7 @@ def test_redis_stopped_mid_run(
         r = client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
         assert r.status_code == 401
         # The relay delivers what was committed while Redis was away, in order.
-        assert asyncio.run(_relay(settings)) == 2
+        assert asyncio.run(relay_outbox(settings)) == 2
         events = redis.Redis(port=own_redis.port).xrange(settings.order_stream)
         assert [e[1][b"order_id"].decode() for e in events] == [order.json()["id"]]
         assert db.execute("SELECT count(*) AS n FROM outbox").fetchone() == {"n": 0}

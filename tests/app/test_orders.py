@@ -8,11 +8,9 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
-from zapora.services.context import Infra
-from zapora.services.outbox import OutboxRelay
 from zapora.settings import Settings
 
-from .conftest import Catalog, People
+from .conftest import Catalog, People, relay_outbox
 
 
 def _create(
@@ -219,15 +217,6 @@ def test_cancel_rules(client: TestClient, people: People, catalog: Catalog) -> N
     assert client.post(f"/orders/{uuid.uuid4()}/cancel", headers=h).status_code == 404
 
 
-async def _relay(settings: Settings) -> int:
-    infra = Infra.from_settings(settings)
-    await infra.open()
-    try:
-        return await OutboxRelay(infra).relay_once()
-    finally:
-        await infra.close()
-
-
 def test_status_changes_go_to_the_stream(
     client: TestClient, people: People, catalog: Catalog, rds: Any, settings: Settings
 ) -> None:
@@ -237,7 +226,7 @@ def test_status_changes_go_to_the_stream(
     )
     # The events wait in the outbox (same transaction as the change) until the relay runs.
     assert rds.xlen("zapora:order-events") == 0
-    assert asyncio.run(_relay(settings)) >= 2  # with the catalogue's menu changes
+    assert asyncio.run(relay_outbox(settings)) >= 2  # with the catalogue's menu changes
     entries = rds.xrange("zapora:order-events")
     assert [e[1][b"status"] for e in entries] == [b"pending", b"confirmed"]
     assert all(e[1][b"order_id"] == order["id"].encode() for e in entries)
