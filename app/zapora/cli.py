@@ -10,8 +10,18 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zapora.settings import get_settings
+if TYPE_CHECKING:
+    from zapora.settings import Settings
+
+
+def get_settings() -> Settings:
+    # Imported on use: `zapora healthcheck` (the image's HEALTHCHECK, run every 10 s) needs
+    # no settings, and importing pydantic costs seconds on a loaded host.
+    from zapora.settings import get_settings as load
+
+    return load()
 
 
 def _migrate(args: argparse.Namespace) -> int:
