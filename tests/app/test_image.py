@@ -107,7 +107,8 @@ def test_image_runs_healthy_and_serves(image: str, servers: srv.Servers, secret_
     run = _docker("run", "-d", "--name", name, *env, image)
     assert run.returncode == 0, run.stderr
     try:
-        deadline = time.monotonic() + 90
+        # Workers import the app in ~2 s on an idle host, but over a minute on a shared one.
+        deadline = time.monotonic() + 180
         health = ""
         while time.monotonic() < deadline:
             health = _docker("inspect", name, "--format", "{{.State.Health.Status}}").stdout.strip()
