@@ -122,3 +122,32 @@ def lab() -> Lab:
     )
     assert LAB_KEY.exists(), f"{LAB_KEY} is missing: the lab is not up. Run `make lab` first."
     return result
+
+
+API_URL = "https://127.0.0.1:8443"
+SECRETS = REPO / ".lab" / "secrets"
+
+
+def run_playbook(
+    name: str, *extra_vars: str, timeout: int = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run playbooks/<name> against the lab (never raises: callers check rc and output)."""
+    args = [venv_tool("ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / name)]
+    for var in extra_vars:
+        args += ["-e", var]
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
+    )
+
+
+def app_state(lab: Lab, host: str) -> dict[str, object]:
+    """The deploy state of one app host (active colour, release of each colour)."""
+    out = lab.ssh(host, "cat /var/lib/zapora/rollout/state.json").stdout
+    state: dict[str, object] = json.loads(out)
+    return state
+
+
+def lab_secret(name: str) -> str:
+    path = SECRETS / name
+    assert path.exists(), f"{path} is missing: the lab has not generated it (run `make lab`)"
+    return path.read_text().strip()
