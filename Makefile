@@ -75,13 +75,12 @@ test-role: image  ## molecule test for one role: make test-role ROLE=name
 	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<name>; roles with scenarios: $(ROLES_WITH_SCENARIOS)"; exit 2; }
 	cd roles/$(ROLE) && molecule test
 
-test-roles: image  ## molecule test for every role with a scenario
-	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt; rc=0; \
-	for r in $(ROLES_WITH_SCENARIOS); do \
-	  echo ">> molecule: $$r"; start=$$(date +%s); \
-	  if (cd roles/$$r && molecule test); then outcome=passed; else outcome=failed; rc=1; fi; \
-	  echo "$$r $$outcome $$(( $$(date +%s) - start ))" | tee -a $(RESULTS)/molecule.txt; \
-	done; exit $$rc
+# Scenarios run side by side (each has its own containers and network); 2 fit 2 cores.
+MOLECULE_JOBS ?= 2
+test-roles: image  ## molecule test for every role with a scenario (MOLECULE_JOBS at a time)
+	@test -n "$(ROLES_WITH_SCENARIOS)" || { echo "ERROR: no role has a molecule scenario: test-roles ran nothing"; exit 1; }
+	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt
+	@printf '%s\n' $(ROLES_WITH_SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-role.sh {} $(RESULTS)
 
 test-e2e: lab  ## the end-to-end suite against the running lab
 	$(call pytest,e2e,-m e2e tests/e2e)

@@ -107,19 +107,7 @@ stamp="$venv/.zapora-lock.sha256"
 want="$(cat "$lock" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     say "installing the controller venv from requirements/dev.txt"
-    [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
-    # The interpreter's bundled pip may be old (23.x on Debian 12): it cannot install a
-    # --strip-extras hashed lock whose packages depend on extras. Bring the lock's own
-    # pinned, hash-checked pip first, so the result does not depend on the interpreter.
-    pip_pin="$(mktemp)"
-    awk '/^pip==/{p=1} p&&/^[a-z]/&&!/^pip==/{p=0} p&&!/^ *#/' "$lock" >"$pip_pin"
-    [[ -s "$pip_pin" ]] || die "requirements/dev.txt pins no pip (run 'make lock')."
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$pip_pin" 2>&1 \
-        | { grep -v 'is ignored: it is neither' || true; }
-    rm -f "$pip_pin"
-    # (grep: some machines' pip config names find-links folders that do not exist.)
-    "$venv/bin/pip" install -q --require-hashes -r "$lock" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
-    "$venv/bin/pip" install -q --no-deps -e "$repo" 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+    ZAPORA_PYTHON="$python" "$repo/scripts/venv.sh" "$venv" "$lock" "$repo"
     echo "$want" >"$stamp"
 fi
 say "setup done: $(docker version --format 'docker {{.Server.Version}}'), $("$venv/bin/ansible" --version | sed -n 1p)"

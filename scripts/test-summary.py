@@ -13,6 +13,8 @@ from pathlib import Path
 results = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/test-results")
 passed = failed = skipped = 0
 failed_by_suite: dict[str, int] = {}
+# Tests each suite ran (JUnit files by name, molecule scenarios); lint reports none.
+ran: dict[str, int] = {"unit": 0, "app": 0, "molecule": 0, "e2e": 0}
 for junit in sorted(results.glob("*.xml")):
     root = ET.parse(junit).getroot()  # noqa: S314 (our own pytest output)
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
@@ -20,6 +22,7 @@ for junit in sorted(results.glob("*.xml")):
     f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
     s_ = sum(int(s.get("skipped", 0)) for s in suites)
     print(f"{junit.stem}: {t - f - s_} passed, {f} failed, {s_} skipped")
+    ran[junit.stem] = ran.get(junit.stem, 0) + t - s_
     passed += t - f - s_
     failed += f
     failed_by_suite[junit.stem] = f
@@ -29,6 +32,7 @@ if molecule.exists():
     for line in molecule.read_text().splitlines():
         role, outcome, seconds = line.split()
         print(f"molecule {role}: {outcome} in {seconds} s")
+        ran["molecule"] += 1
         if outcome == "passed":
             passed += 1
         else:
@@ -44,9 +48,15 @@ if targets.exists():
             # A step that failed before its tests could report (a lint error, a lab that
             # did not come up) still counts: the summary never reads green over a red run.
             failed += 1
+        elif outcome == "ok" and suite in ran and ran[suite] == 0:
+            # A test step that says ok but reported no test proves nothing: it fails.
+            print(f"make {target}: ok, but it ran no test: counted as failed")
+            failed += 1
+# Checks a suite could not run on this machine, written by tests through
+# tests/not_run.py (what, and why): listed, so a green line never hides them.
 not_run = results / "not-run.txt"
 if not_run.exists():
-    for line in not_run.read_text().splitlines():
+    for line in sorted(set(not_run.read_text().splitlines())):
         print(f"NOT RUN here: {line}")
 print(f"total: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
 sys.exit(1 if failed or passed == 0 else 0)

@@ -121,6 +121,23 @@ def lab() -> Lab:
         groups=groups,
     )
     assert LAB_KEY.exists(), f"{LAB_KEY} is missing: the lab is not up. Run `make lab` first."
+    # After `make lab-down` the key stays but the hosts are gone: say so, instead of
+    # letting every test fail on an SSH timeout.
+    down = [
+        name
+        for name in hosts
+        if subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", result.container(name)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        != "true"
+    ]
+    assert not down, (
+        f"the lab is down: {', '.join(result.container(n) for n in down)} not running. "
+        "Run `make lab` first."
+    )
     return result
 
 

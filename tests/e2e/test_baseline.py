@@ -244,8 +244,10 @@ services:
 
 def test_published_container_ports_are_filtered(lab: Lab) -> None:
     app = lab.groups["app"][0]
-    # An app-upstream port (open to edge hosts) unless a real stack already uses it.
-    allowed = next((p for p in (8002, 8001) if not is_listening(lab, app, p)), None)
+    # An app-upstream port (open to edge hosts) for the throwaway stack, unless real
+    # stacks hold both (a blue/green switch in progress): those are checked instead.
+    upstream_ports = (8002, 8001)
+    allowed = next((p for p in upstream_ports if not is_listening(lab, app, p)), None)
     lab.ssh(
         app,
         f"docker image inspect {E2E_IMAGE} >/dev/null 2>&1 || "
@@ -264,8 +266,12 @@ def test_published_container_ports_are_filtered(lab: Lab) -> None:
             "u.urlopen('http://127.0.0.1:18081/', timeout=1)\" && exit 0; sleep 0.2; done; exit 1",
         )
         assert port_state(lab, "edge1", app, 18081) == "filtered"
-        if allowed:
-            assert port_state(lab, "edge1", app, allowed) == "open"
-            assert port_state(lab, lab.groups["postgres"][0], app, allowed) == "filtered"
+        # Every upstream port that listens now (the throwaway stack's, a real colour's):
+        # open to the edge, closed to a database host. At least one always listens.
+        checked = [p for p in upstream_ports if is_listening(lab, app, p)]
+        assert checked, f"no app-upstream port listens on {app}: the stack did not start"
+        for port in checked:
+            assert port_state(lab, "edge1", app, port) == "open", port
+            assert port_state(lab, lab.groups["postgres"][0], app, port) == "filtered", port
     finally:
         lab.ssh(app, f"cd {workdir} && docker compose -p e2e-baseline down -t 1", check=False)

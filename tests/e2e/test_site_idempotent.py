@@ -1,4 +1,5 @@
-"""site.yml run again on the converged lab changes nothing (issue 4's done-criterion)."""
+"""site.yml on the converged lab: run again it changes nothing, and `--check` (what an
+admin runs before a change) reports no change and no failure."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from tests.e2e.conftest import INVENTORY, REPO, Lab, venv_tool
 pytestmark = pytest.mark.e2e
 
 
-def test_a_second_site_run_changes_nothing(lab: Lab) -> None:
+def run_site(*extra: str) -> subprocess.CompletedProcess[str]:
     playbook = venv_tool("ansible-playbook")
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
-    result = subprocess.run(
-        [playbook, "-i", str(INVENTORY), str(REPO / "playbooks" / "site.yml")],
+    return subprocess.run(
+        [playbook, "-i", str(INVENTORY), str(REPO / "playbooks" / "site.yml"), *extra],
         capture_output=True,
         text=True,
         timeout=900,
@@ -25,8 +26,22 @@ def test_a_second_site_run_changes_nothing(lab: Lab) -> None:
         cwd=REPO,
         env=env,
     )
+
+
+def assert_nothing_changed(lab: Lab, result: subprocess.CompletedProcess[str]) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", result.stdout, re.M))
     assert set(recap) == set(lab.hosts), recap
+    failed = dict(re.findall(r"^(\S+)\s+: .*failed=(\d+)", result.stdout, re.M))
+    assert all(v == "0" for v in failed.values()), failed
     changed_tasks = re.findall(r"^changed: \[(\S+)\].*$", result.stdout, re.M)
-    assert all(v == "0" for v in recap.values()), f"changed on second run: {recap}\n{changed_tasks}"
+    assert all(v == "0" for v in recap.values()), f"changed: {recap}\n{changed_tasks}"
+
+
+def test_a_second_site_run_changes_nothing(lab: Lab) -> None:
+    assert_nothing_changed(lab, run_site())
+
+
+def test_check_mode_on_the_converged_lab_reports_no_change(lab: Lab) -> None:
+    # Runs after the idempotence test above (file order), on a converged lab.
+    assert_nothing_changed(lab, run_site("--check"))

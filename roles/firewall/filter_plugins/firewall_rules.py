@@ -56,8 +56,14 @@ def firewall_rules(
     hostvars: Mapping[str, Any],
     groups: Mapping[str, list[str]],
     group_names: list[str],
+    local_container_services: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The services this host runs, each with its resolved sources."""
+    """The services this host runs, each with its resolved sources.
+
+    A service named in `local_container_services` (or with `from_local_containers`) is
+    also open to containers on the same host.
+    """
+    local = set(local_container_services or [])
     mine = set(group_names) | {"all"}
     rules = []
     for svc in services:
@@ -96,6 +102,8 @@ def firewall_rules(
                 "proto": proto,
                 "ports": sorted(set(ports)),
                 "anywhere": anywhere,
+                "local_containers": bool(svc.get("from_local_containers", False))
+                or name in local,
                 "v4": [str(n) for n in nets if n.version == 4],
                 "v6": [str(n) for n in nets if n.version == 6],
                 "unresolved": unresolved,

@@ -1,0 +1,109 @@
+"""Settings that would lock the controller out are refused by the common role's preflight.
+
+Each case runs the real preflight task file with ansible-playbook on the controller
+(connection local: the checks are asserts plus `ssh-keygen -y` on the controller) and
+expects a failure whose message names the variables to fix, before any host is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def deploy_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A throwaway ed25519 key pair standing for the key Ansible connects with."""
+    directory = tmp_path_factory.mktemp("key")
+    key = directory / "id_ed25519"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deploy", "-f", str(key)],
+        check=True,
+    )
+    return key, (directory / "id_ed25519.pub").read_text().strip()
+
+
+def run_preflight(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    playbook = tmp_path / "preflight.yml"
+    playbook.write_text(
+        "- hosts: localhost\n"
+        "  connection: local\n"
+        "  gather_facts: true\n"
+        "  gather_subset: [min]\n"
+        "  tasks:\n"
+        "    - ansible.builtin.include_role:\n"
+        "        name: common\n"
+        "        tasks_from: preflight\n"
+    )
+    extra_vars = tmp_path / "vars.json"
+    extra_vars.write_text(json.dumps(extra))
+    tool = Path(sys.executable).parent / "ansible-playbook"
+    return subprocess.run(
+        [str(tool), "-i", "localhost,", str(playbook), "-e", f"@{extra_vars}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+        env={
+            "PATH": f"{tool.parent}:/usr/bin:/bin",
+            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_FORCE_COLOR": "false",
+            "HOME": str(tmp_path),
+        },
+    )
+
+
+def base(key: Path, public: str) -> dict[str, object]:
+    return {
+        "ansible_user": "deploy",
+        "ansible_ssh_private_key_file": str(key),
+        "firewall_ssh_ports": [22, 22022],
+        "common_admin_users": [{"name": "deploy", "ssh_keys": [public]}],
+    }
+
+
+def test_the_base_settings_pass(tmp_path: Path, deploy_key: tuple[Path, str]) -> None:
+    # The refusals below are only meaningful if the same settings minus the fault pass.
+    result = run_preflight(tmp_path, base(*deploy_key))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"common_ssh_port": 2222}, ["common_ssh_port", "firewall_ssh_ports"]),
+        ({"ansible_port": 2200}, ["ansible_port", "firewall_ssh_ports"]),
+        (
+            {"common_admin_users": [{"name": "deploy", "state": "absent"}]},
+            ["common_admin_users", "ansible_user"],
+        ),
+        (
+            {
+                "common_admin_users": [
+                    {"name": "deploy", "ssh_keys": ["ssh-ed25519 AAAAC3NzaOTHERKEY other"]}
+                ]
+            },
+            ["common_admin_users", "ssh_keys"],
+        ),
+    ],
+    ids=["ssh-port-not-open", "ansible-port-not-open", "deploy-user-removed", "deploy-key-dropped"],
+)
+def test_a_lockout_is_refused_naming_the_variables(
+    tmp_path: Path, deploy_key: tuple[Path, str], change: dict[str, object], names: list[str]
+) -> None:
+    result = run_preflight(tmp_path, base(*deploy_key) | change)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, f"the preflight accepted {change}:\n{output}"
+    failed = [line for line in output.splitlines() if "fatal:" in line or '"msg"' in line]
+    assert failed, output
+    for name in names:
+        assert name in output, f"the refusal does not name {name}:\n{output}"
+    assert "Assert" in output
