@@ -25,7 +25,7 @@ define pytest
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests for $(1)"; exit 1; fi; exit $$rc
 endef
 
-.PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-app test-roles \
+.PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
         test-role test-e2e lock bench bench-rollout clean
 
 help:  ## list the targets
@@ -68,6 +68,9 @@ lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check 
 test-unit: setup  ## fast checks of the repository's own conventions
 	$(call pytest,unit,tests/unit)
 
+test-rules: setup-test  ## promtool check + unit tests of the alert rules (roles/prometheus/files/rules)
+	$(call pytest,rules,tests/rules)
+
 test-app: image setup-test  ## the API's tests against real PostgreSQL and Redis (and its image build)
 	$(call pytest,app,tests/app --cov=zapora --cov-report=term-missing:skip-covered --cov-fail-under=90)
 
@@ -87,7 +90,7 @@ test-e2e: lab  ## the end-to-end suite against the running lab
 
 test:  ## every test: lint, unit, app, molecule, end-to-end; then a summary line
 	@rm -rf $(RESULTS); rc=0; \
-	for t in lint test-unit test-app test-roles test-e2e; do \
+	for t in lint test-unit test-rules test-app test-roles test-e2e; do \
 	  echo "==== make $$t"; start=$$(date +%s); \
 	  if $(MAKE) --no-print-directory $$t; then s=ok; else s=FAILED; rc=1; fi; \
 	  echo "==== make $$t: $$s in $$(( $$(date +%s) - start )) s"; \

@@ -49,9 +49,10 @@ need_root() {
 apt_packages=(docker.io containerd runc iptables debootstrap openssh-client rsync
               nftables make git curl python3-venv)
 # Test machine only (--test): the real PostgreSQL and Redis binaries the API tests start
-# on loopback themselves, and wrk for bench/. Installed with services held back
+# on loopback themselves, wrk for bench/, and promtool/amtool (prometheus,
+# prometheus-alertmanager) for the alert rules' unit tests. Installed with services held back
 # (policy-rc.d), so nothing that already runs on this machine is stopped or restarted.
-test_packages=(postgresql redis-server wrk)
+test_packages=(postgresql redis-server wrk prometheus prometheus-alertmanager)
 [[ "${1:-}" == "--test" ]] && apt_packages+=("${test_packages[@]}")
 missing=()
 for p in "${apt_packages[@]}"; do

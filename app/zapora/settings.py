@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: Path | None = None
+    # Redis through Sentinel: "host:port,host:port" of the Sentinels; when set, the client
+    # follows the primary of redis_sentinel_master and redis_url gives only the database
+    # number. redis_username and the password file log in to Redis and to the Sentinels.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "zapora"
+    redis_username: str | None = None
+    # After each stream entry (XADD) wait until this many replicas have it (WAIT), at most
+    # redis_wait_timeout_ms; an entry that misses the deadline is reported as not published.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_ms: int = Field(default=500, ge=1)
+    redis_socket_timeout_seconds: float = Field(default=10.0, gt=0)
+    redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Attempts after a dropped connection (with backoff, each one asking Sentinel afresh).
+    redis_retries: int = Field(default=10, ge=0)
 
     jwt_secret_file: Path | None = None
     jwt_issuer: str = "zapora"
@@ -100,6 +114,10 @@ class Settings(BaseSettings):
         self.jwt_secret = SecretStr(raw.decode("utf-8", "surrogateescape"))
         if self.redis_password_file is not None:
             self.redis_password = SecretStr(self.redis_password_file.read_text().strip())
+        if self.redis_socket_timeout_seconds * 1000 <= self.worker_block_ms:
+            raise ValueError(
+                "ZAPORA_REDIS_SOCKET_TIMEOUT_SECONDS must exceed ZAPORA_WORKER_BLOCK_MS"
+            )
         return self
 
 

@@ -16,6 +16,11 @@ from redis.asyncio import Redis
 
 V = TypeVar("V")
 
+# The subscription pings Redis after this many quiet seconds and gives up on the connection
+# when no pong follows within as many again: a primary that vanished without closing the
+# socket (host down, partition, failover) is noticed and the listener resubscribes.
+PING_AFTER_SECONDS = 5.0
+
 
 class LocalCache(Generic[V]):
     def __init__(self, redis: Redis, channel: str, ttl_seconds: float, max_entries: int = 1024):
@@ -62,6 +67,22 @@ class LocalCache(Generic[V]):
                 await self._task
             self._task = None
 
+    async def _receive(self, pubsub: Any) -> None:
+        last_seen = time.monotonic()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                last_seen, pinged = now, False
+                if message.get("type") == "message":
+                    self.invalidate_locally()
+            elif not pinged and now - last_seen > PING_AFTER_SECONDS:
+                await pubsub.ping()
+                pinged = True
+            elif pinged and now - last_seen > 2 * PING_AFTER_SECONDS:
+                raise ConnectionError(f"no pong from Redis on {self.channel}")
+
     async def _listen(self) -> None:
         while True:
             pubsub: Any = self.redis.pubsub()
@@ -70,9 +91,7 @@ class LocalCache(Generic[V]):
                 # Subscribed: every later write is announced, so entries may be kept from now.
                 self.invalidate_locally()
                 self._listening = True
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self.invalidate_locally()
+                await self._receive(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - fall back to Redis and retry

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from zapora.infra.db import Database
-from zapora.infra.redis import TracedRedis, create_redis
+from zapora.infra.redis import TracedRedis, redis_from_settings
 from zapora.infra.security import TokenCodec
 from zapora.settings import Settings
 
@@ -19,7 +19,6 @@ class Infra:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Infra:
-        password = settings.redis_password.get_secret_value() if settings.redis_password else None
         return cls(
             settings=settings,
             db=Database(
@@ -28,7 +27,7 @@ class Infra:
                 settings.db_pool_min,
                 settings.db_pool_max,
             ),
-            redis=create_redis(settings.redis_url, password),
+            redis=redis_from_settings(settings),
             tokens=TokenCodec(
                 settings.jwt_secret.get_secret_value(), settings.jwt_issuer, settings.jwt_audience
             ),

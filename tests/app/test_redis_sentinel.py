@@ -1,0 +1,289 @@
+"""The API on a Redis with the role's ACL behind Sentinel: real redis-server and Sentinel
+processes on loopback (tests/app/redis_sentinel_cluster.py renders the role's templates).
+
+- every Redis command the API sends is allowed by the role's ACL for user `zapora` (the API's
+  whole flow runs and Redis logs no refused command), and the forbidden ones are refused;
+- a failover (primary SIGKILLed while the API serves requests) needs no restart: requests
+  recover, the pub/sub subscriber resubscribes on the new primary and the worker process
+  keeps consuming the stream.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from zapora.settings import Settings
+
+from . import redis_sentinel_cluster as rsc
+from . import servers as srv
+from .conftest import app_for, make_settings
+
+FORBIDDEN = [
+    ("CONFIG", "GET", "maxmemory"),
+    ("FLUSHALL",),
+    ("FLUSHDB",),
+    ("KEYS", "*"),
+    ("DEBUG", "SLEEP", "0"),
+    ("SHUTDOWN", "NOSAVE"),
+    ("MODULE", "LIST"),
+    ("ACL", "LIST"),
+    ("REPLICAOF", "NO", "ONE"),
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[rsc.Cluster]:
+    with rsc.started(data_nodes=3, sentinels=3) as running:
+        yield running
+
+
+@pytest.fixture
+def sentinel_settings(servers: srv.Servers, secret_file: Path, cluster: rsc.Cluster) -> Settings:
+    primary = cluster.admin(cluster.primary_port())
+    primary.execute_command("ACL", "LOG", "RESET")
+    primary.execute_command("FLUSHALL")
+    return make_settings(
+        servers,
+        secret_file,
+        redis_url="redis://ignored-with-sentinels/0",
+        redis_sentinels=cluster.sentinel_addresses,
+        redis_sentinel_master=rsc.MASTER,
+        redis_username="zapora",
+        redis_password_file=cluster.password_file,
+        redis_wait_replicas=1,
+    )
+
+
+def _flow(client: TestClient, db: psycopg.Connection[dict[str, Any]]) -> None:
+    """Every API path that talks to Redis, once."""
+    password = "correct horse battery"
+    for email, role in (("sally@example.com", "staff"), ("cid@example.com", "customer")):
+        r = client.post(
+            "/auth/register", json={"email": email, "password": password, "full_name": "T"}
+        )
+        assert r.status_code == 201, r.text
+        if role == "staff":
+            db.execute("UPDATE users SET role = 'staff' WHERE email = %s", (email,))
+    # A failed login counts (INCR, EXPIRE, TTL), a good one clears the counter (DEL, MGET).
+    r = client.post("/auth/login", json={"email": "cid@example.com", "password": "wrong one"})
+    assert r.status_code == 401, r.text
+    tokens = {}
+    for email in ("sally@example.com", "cid@example.com"):
+        r = client.post("/auth/login", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        tokens[email] = r.json()
+    staff = {"Authorization": f"Bearer {tokens['sally@example.com']['access_token']}"}
+    cust = {"Authorization": f"Bearer {tokens['cid@example.com']['access_token']}"}
+    r = client.post("/menus", json={"name": "Lunch"}, headers=staff)
+    assert r.status_code == 201, r.text
+    item = {
+        "menu_id": r.json()["id"],
+        "name": "Soup",
+        "description": "Soup of the day",
+        "price_minor": 450,
+        "currency": "EUR",
+        "available": True,
+    }
+    r = client.post("/menu-items", json=item, headers=staff)
+    assert r.status_code == 201, r.text
+    item_id = r.json()["id"]
+    # The cached list (HMGET, EVAL with HGET/HSET/EXPIRE; HINCRBY and PUBLISH on writes).
+    for _ in range(2):
+        assert client.get("/menu-items", headers=cust).status_code == 200
+    r = client.post(
+        "/orders", json={"items": [{"menu_item_id": item_id, "quantity": 1}]}, headers=cust
+    )
+    assert r.status_code == 201, r.text
+    order_id = r.json()["id"]
+    # XADD + WAIT for the event; SET/EXISTS for read-your-writes.
+    r = client.patch(f"/orders/{order_id}/status", json={"status": "confirmed"}, headers=staff)
+    assert r.status_code == 200, r.text
+    # Refresh (SET NX on the token id), logout (SET revocation), then the revoked token fails.
+    r = client.post(
+        "/auth/refresh", json={"refresh_token": tokens["cid@example.com"]["refresh_token"]}
+    )
+    assert r.status_code == 200, r.text
+    new_cust = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    assert client.post("/auth/logout", headers=new_cust).status_code == 204
+    assert client.get("/users/me", headers=new_cust).status_code == 401
+    assert client.get("/health/ready").status_code == 200
+
+
+def _worker(settings: Settings, servers: srv.Servers, secret_file: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "ZAPORA_ENVIRONMENT": "test",
+        "ZAPORA_DATABASE_URL": servers.primary.dsn(),
+        "ZAPORA_REDIS_URL": settings.redis_url,
+        "ZAPORA_REDIS_SENTINELS": settings.redis_sentinels,
+        "ZAPORA_REDIS_SENTINEL_MASTER": settings.redis_sentinel_master,
+        "ZAPORA_REDIS_USERNAME": "zapora",
+        "ZAPORA_REDIS_PASSWORD_FILE": str(settings.redis_password_file),
+        "ZAPORA_JWT_SECRET_FILE": str(secret_file),
+        "ZAPORA_WORKER_BLOCK_MS": "200",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "zapora.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait(predicate: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_the_api_runs_under_the_roles_acl_through_sentinel(
+    sentinel_settings: Settings,
+    cluster: rsc.Cluster,
+    servers: srv.Servers,
+    secret_file: Path,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    worker = _worker(sentinel_settings, servers, secret_file)
+    try:
+        with TestClient(app_for(sentinel_settings)) as client:
+            _flow(client, db)
+            # The worker consumed both events (XGROUP CREATE, XREADGROUP, XACK, XAUTOCLAIM).
+            _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 2)
+    finally:
+        worker.terminate()
+        worker.wait(10)
+    primary = cluster.admin(cluster.primary_port())
+    refused = primary.execute_command("ACL", "LOG")
+    assert refused == [], f"the role's ACL refused commands the API sent: {refused}"
+
+
+def test_the_api_user_is_refused_what_it_must_not_run(cluster: rsc.Cluster) -> None:
+    api = redis.Redis(
+        port=cluster.primary_port(), username="zapora", password=rsc.PASSWORDS["zapora"]
+    )
+    try:
+        for command in FORBIDDEN:
+            # DEBUG is also switched off for everyone (enable-debug-command no, checked first).
+            with pytest.raises(
+                redis.exceptions.ResponseError, match=r"no permissions|DEBUG command not allowed"
+            ):
+                api.execute_command(*command)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            api.set("not-an-api-key", "x")
+    finally:
+        api.close()
+    anonymous = redis.Redis(port=cluster.primary_port())
+    try:
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.ping()
+    finally:
+        anonymous.close()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=cluster.primary_port(), username="default", password="x").ping()
+
+
+def _load(
+    client: TestClient,
+    headers: dict[str, str],
+    stop: threading.Event,
+    log: list[tuple[float, bool]],
+) -> None:
+    """Authenticated reads (each checks the revocation key in Redis), one every 20 ms."""
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            ok = client.get("/users/me", headers=headers).status_code == 200
+        except Exception:  # noqa: BLE001 - a failed request is what is being counted
+            ok = False
+        log.append((time.monotonic(), ok))
+        time.sleep(max(0.0, 0.02 - (time.monotonic() - started)))
+
+
+def test_failover_needs_no_restart_of_api_or_worker(
+    sentinel_settings: Settings,
+    cluster: rsc.Cluster,
+    servers: srv.Servers,
+    secret_file: Path,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    worker = _worker(sentinel_settings, servers, secret_file)
+    app = app_for(sentinel_settings)
+    old = cluster.primary_port()
+    try:
+        with TestClient(app) as client:
+            _flow(client, db)
+            _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 2)
+            local = app.state.services.menus.local
+            _wait(lambda: local._listening)
+            r = client.post(
+                "/auth/login",
+                json={"email": "sally@example.com", "password": "correct horse battery"},
+            )
+            headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+            log: list[tuple[float, bool]] = []
+            stop = threading.Event()
+            load = threading.Thread(target=_load, args=(client, headers, stop, log))
+            load.start()
+            time.sleep(1)
+            killed_at = time.monotonic()
+            cluster.node(old).kill()
+            failover = cluster.wait_for_failover(old)
+            time.sleep(3)
+            stop.set()
+            load.join(10)
+            after = [(t, ok) for t, ok in log if t >= killed_at]
+            failed = [t for t, ok in after if not ok]
+            recovered = (max(failed) - killed_at) if failed else 0.0
+            print(
+                f"\nfailover {failover:.1f} s; requests after the kill {len(after)},"
+                f" failed {len(failed)}, all succeed again {recovered:.1f} s after the kill"
+            )
+            assert failover <= 15
+            assert log[-1][1], "requests still fail after the failover"
+            assert recovered <= failover + 5
+            # The subscriber resubscribed on the new primary: a message there reaches it.
+            _wait(lambda: local._listening)
+            generation = local.generation
+            new = cluster.admin(cluster.primary_port())
+            _wait(
+                lambda: (
+                    new.publish("menu-items:invalidate", b"x") >= 1
+                    and local.generation > generation
+                )
+            )
+            # The worker (never restarted) consumes an event written after the failover.
+            rsc.rejoin(cluster, old)
+            item = db.execute("SELECT id FROM menu_items LIMIT 1").fetchone()["id"]
+            cust_login = client.post(
+                "/auth/login",
+                json={"email": "cid@example.com", "password": "correct horse battery"},
+            )
+            cust = {"Authorization": f"Bearer {cust_login.json()['access_token']}"}
+            r = client.post(
+                "/orders",
+                json={"items": [{"menu_item_id": str(item), "quantity": 1}]},
+                headers=cust,
+            )
+            assert r.status_code == 201, r.text
+            _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 3)
+            assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(10)
+        if cluster.node(old).proc is not None and cluster.node(old).proc.poll() is not None:
+            rsc.rejoin(cluster, old)
