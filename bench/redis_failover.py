@@ -81,6 +81,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         data_nodes=args.data_nodes,
         sentinels=3,
         redis_min_replicas_to_write=args.min_replicas,
+        **(
+            {"redis_sentinel_failover_timeout_ms": args.failover_timeout_ms}
+            if args.failover_timeout_ms
+            else {}
+        ),
     ) as cluster:
         settings = Settings(
             environment="development",
@@ -95,6 +100,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         task = asyncio.create_task(load.run())
         await asyncio.sleep(1)
         kills: list[dict[str, Any]] = []
+        checked = 0  # acked entries before this index were found after an earlier failover
         deadline = time.monotonic() + args.max_seconds
         for i in range(args.kills):
             if time.monotonic() > deadline:
@@ -103,7 +109,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             old = cluster.primary_port()
             failures_before = len(load.failures)
             errors_before = len(load.errors)
-            acked_before = len(load.acked)
             killed_at = time.monotonic()
             cluster.node(old).kill()
             failover = await asyncio.to_thread(cluster.wait_for_failover, old)
@@ -114,7 +119,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             failed = load.failures[failures_before:]
             slowest = max((d for t, d in load.latencies if t >= killed_at - 1), default=0.0)
             new = cluster.admin(cluster.primary_port())
-            acked = load.acked[acked_before:]
+            # Every entry acknowledged since the last check, the ones just before the kill too.
+            acked = load.acked[checked:]
+            checked = len(load.acked)
             present = {e for e, _ in new.xrange(STREAM, min=acked[0])} if acked else set()
             lost = [e for e in acked if e not in present]
             kill = {
@@ -140,6 +147,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "min_replicas_to_write": args.min_replicas,
         "wait_replicas": args.wait_replicas,
         "down_after_ms": rsc.role_defaults()["redis_sentinel_down_after_ms"],
+        "failover_timeout_ms": args.failover_timeout_ms
+        or rsc.role_defaults()["redis_sentinel_failover_timeout_ms"],
         "load_ops_per_s": round(1 / args.interval),
         "kills": len(kills),
         "failover_median_s": round(statistics.median(times), 2) if times else None,
@@ -162,6 +171,7 @@ def main() -> int:
     parser.add_argument("--wait-replicas", type=int, default=1, choices=(0, 1))
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between operations")
     parser.add_argument("--max-seconds", type=float, default=600)
+    parser.add_argument("--failover-timeout-ms", type=int, default=0, help="0: the role's default")
     args = parser.parse_args()
     summary = asyncio.run(bench(args))
     print("summary " + json.dumps(summary))

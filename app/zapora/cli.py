@@ -10,8 +10,18 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zapora.settings import get_settings
+if TYPE_CHECKING:
+    from zapora.settings import Settings
+
+
+def get_settings() -> Settings:
+    # Imported on use: `zapora healthcheck` (the image's HEALTHCHECK, run every 10 s) needs
+    # no settings, and importing pydantic costs seconds on a loaded host.
+    from zapora.settings import get_settings as load
+
+    return load()
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -73,11 +83,15 @@ def _openapi(args: argparse.Namespace) -> int:
 
 
 async def _run_worker() -> None:
+    from zapora.infra.metrics import start_metrics_server
     from zapora.services.context import Infra
     from zapora.services.events import OrderEventConsumer
 
-    infra = Infra.from_settings(get_settings())
+    settings = get_settings()
+    infra = Infra.from_settings(settings)
     await infra.open()
+    if settings.worker_metrics_port:
+        start_metrics_server(settings.metrics_host, settings.worker_metrics_port)
     consumer = OrderEventConsumer(infra)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

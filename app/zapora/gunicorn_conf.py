@@ -44,6 +44,16 @@ def on_starting(server: Any) -> None:
         os.makedirs(directory, exist_ok=True)
 
 
+def when_ready(server: Any) -> None:
+    """Prometheus metrics on their own listener (ZAPORA_METRICS_PORT, 0 = off), never on the
+    public port: the counters include revenue. Served by the master, summed over workers."""
+    from zapora.infra.metrics import start_metrics_server
+
+    port = int(os.environ.get("ZAPORA_METRICS_PORT", "9110"))
+    if port:
+        start_metrics_server(os.environ.get("ZAPORA_METRICS_HOST", "0.0.0.0"), port)  # noqa: S104
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from zapora.infra.metrics import mark_process_dead
 

@@ -21,7 +21,17 @@ def upgrade(dsn: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(dsn), revision)
 
 
-def head_revision() -> str | None:
+def _scripts() -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+def head_revision() -> str | None:
+    return _scripts().get_current_head()
+
+
+def known_revisions() -> set[str]:
+    """Every revision this release ships; a database at another one was migrated by a newer
+    release (expand/contract keeps this release working on it)."""
+    return {script.revision for script in _scripts().walk_revisions()}

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     replica_database_url: str | None = None
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=10, ge=1)
+    # A request waits this long for a database connection, then gets 503 + Retry-After.
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A lag-tolerant read waits this long for a replica connection before using the primary;
+    # after a replica failure reads stay on the primary this long.
+    replica_wait_seconds: float = Field(default=0.5, gt=0)
+    replica_retry_seconds: float = Field(default=5.0, gt=0)
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password_file: Path | None = None
     # Redis through Sentinel: "host:port,host:port" of the Sentinels; when set, the client
@@ -68,6 +74,8 @@ class Settings(BaseSettings):
     jwt_secret_file: Path | None = None
     jwt_issuer: str = "zapora"
     jwt_audience: str = "zapora-api"
+    # Clock skew tolerated between the host that issued a token and the one checking it.
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
     access_token_ttl_seconds: int = Field(default=900, ge=30)
     refresh_token_ttl_seconds: int = Field(default=14 * 24 * 3600, ge=60)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
@@ -78,9 +86,19 @@ class Settings(BaseSettings):
 
     # After a write a client reads from the primary for this long (read-your-writes).
     read_your_writes_seconds: int = 5
+    # Writes (POST/PATCH/DELETE) per signed-in user per minute; 0 turns the limit off.
+    user_write_limit_per_minute: int = Field(default=120, ge=0)
     menu_cache_ttl_seconds: int = 300
     max_body_bytes: int = 64 * 1024
     trusted_proxy_hops: int = 0
+
+    # `/docs` and `/openapi.json` on the public port: on in development and test, off in
+    # production unless set (`zapora openapi` prints the document either way).
+    docs_enabled: bool | None = None
+    # The worker's Prometheus listener (`zapora worker`); 0 turns it off. The API's listener
+    # is ZAPORA_METRICS_PORT (default 9110), read by gunicorn_conf.
+    worker_metrics_port: int = Field(default=9111, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - inside the container; the host maps the port
 
     otlp_endpoint: str | None = None
     service_name: str = "zapora-api"
@@ -90,6 +108,9 @@ class Settings(BaseSettings):
     worker_group: str = "zapora-workers"
     worker_reclaim_idle_ms: int = 60_000
     worker_block_ms: int = 5_000
+    # An order event that failed this many deliveries moves to "<stream>:dead".
+    worker_max_deliveries: int = Field(default=5, ge=1)
+    outbox_poll_ms: int = Field(default=200, ge=10)
     # Idempotency keys older than this are purged by the worker; retries come within minutes.
     idempotency_key_ttl_hours: int = Field(default=24, ge=1)
     purge_interval_seconds: int = Field(default=600, ge=1)
@@ -97,6 +118,12 @@ class Settings(BaseSettings):
     # Loaded from jwt_secret_file by the validator below; never read from the environment.
     jwt_secret: SecretStr = Field(default=SecretStr(""), exclude=True)
     redis_password: SecretStr | None = Field(default=None, exclude=True)
+
+    @property
+    def docs_on(self) -> bool:
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.environment is not Environment.production
 
     @model_validator(mode="after")
     def _load_secrets(self) -> Settings:
@@ -111,7 +138,13 @@ class Settings(BaseSettings):
         except WeakSecretError:
             if self.environment is not Environment.development:
                 raise
-        self.jwt_secret = SecretStr(raw.decode("utf-8", "surrogateescape"))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WeakSecretError(
+                "the JWT secret file must hold text, e.g. the output of `openssl rand -hex 32`"
+            ) from exc
+        self.jwt_secret = SecretStr(text)
         if self.redis_password_file is not None:
             self.redis_password = SecretStr(self.redis_password_file.read_text().strip())
         if self.redis_socket_timeout_seconds * 1000 <= self.worker_block_ms:

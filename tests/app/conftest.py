@@ -18,13 +18,16 @@ from psycopg.rows import dict_row
 
 from zapora.api.app import create_app
 from zapora.migrate import upgrade
+from zapora.services.context import Infra
+from zapora.services.outbox import OutboxRelay
 from zapora.settings import Settings
 
 from . import servers as srv
 
 PASSWORD = "correct horse battery"
 TABLES = (
-    "users, menus, menu_items, orders, order_items, idempotency_keys, audit_events, order_events"
+    "users, menus, menu_items, orders, order_items, idempotency_keys, audit_events, order_events,"
+    " outbox, revoked_tokens, revoked_token_families, used_refresh_tokens"
 )
 
 
@@ -187,6 +190,16 @@ def catalog(client: TestClient, people: People) -> Catalog:
         assert r.status_code == 201, r.text
         items.append(r.json())
     return Catalog(menu_id, items)
+
+
+async def relay_outbox(settings: Settings) -> int:
+    """One outbox relay pass, as the worker makes it."""
+    infra = Infra.from_settings(settings)
+    await infra.open()
+    try:
+        return await OutboxRelay(infra).relay_once()
+    finally:
+        await infra.close()
 
 
 def python() -> str:

@@ -147,6 +147,39 @@ def wait_for_standby(primary: Postgres, standby: Postgres, timeout: float = 15) 
     raise RuntimeError("the standby did not catch up")
 
 
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """A Redis on loopback that keeps nothing on disk: a restart starts it empty."""
+    proc = subprocess.Popen(
+        [
+            "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def started(durable: bool = False) -> Iterator[Servers]:
     root = Path(tempfile.mkdtemp(prefix="zapora-test-"))
@@ -157,23 +190,7 @@ def started(durable: bool = False) -> Iterator[Servers]:
     primary = Postgres(root / "primary", free_port(), log)
     standby = Postgres(root / "standby", free_port(), root / "standby.log")
     redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        [
-            "/usr/bin/redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(root),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    redis_proc = start_redis(redis_port, root)
     servers = Servers(root, primary, standby, redis_port, redis_proc)
     try:
         _run(
@@ -222,16 +239,6 @@ def started(durable: bool = False) -> Iterator[Servers]:
         with (standby.data / "postgresql.conf").open("a") as conf:
             conf.write(f"unix_socket_directories = '{standby.data}'\n")
         standby.start()
-        client = redis.Redis(port=redis_port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         yield servers
     finally:
         standby.stop()

@@ -80,6 +80,7 @@ def test_image_runs_healthy_and_serves(image: str, servers: srv.Servers, secret_
         "zapora"
     )
     port = srv.free_port()
+    metrics_port = srv.free_port()  # host networking: 9110 may be taken on this machine
     name = f"zapora-api-test-{uuid.uuid4().hex[:8]}"
     secret_file.chmod(0o644)
     env = [
@@ -91,6 +92,10 @@ def test_image_runs_healthy_and_serves(image: str, servers: srv.Servers, secret_
         "ZAPORA_JWT_SECRET_FILE=/run/secrets/jwt",
         "-e",
         f"ZAPORA_BIND=127.0.0.1:{port}",
+        "-e",
+        f"ZAPORA_METRICS_PORT={metrics_port}",
+        "-e",
+        "ZAPORA_METRICS_HOST=127.0.0.1",
         "-v",
         f"{secret_file}:/run/secrets/jwt:ro",
         # Host networking lets the container reach the test servers on loopback.
@@ -117,6 +122,11 @@ def test_image_runs_healthy_and_serves(image: str, servers: srv.Servers, secret_
             json={"email": "img@example.com", "password": "long enough pw", "full_name": "I"},
         )
         assert r.status_code == 201, r.text
+        # Metrics on their own listener, not on the API port; no docs in production.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert "zapora_users_registered_total" in metrics.text
+        assert httpx.get(url + "/metrics").status_code == 404
+        assert httpx.get(url + "/openapi.json").status_code == 404
         started = time.monotonic()
         stop = _docker("stop", "-t", "30", name)
         assert stop.returncode == 0

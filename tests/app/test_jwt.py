@@ -66,7 +66,7 @@ def test_wrong_key(client: TestClient, people: People) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"exp": int(time.time()) - 10},
+        {"exp": int(time.time()) - 60},  # beyond the 30 s leeway
         {"nbf": int(time.time()) + 600},
         {"aud": "someone-else"},
         {"iss": "evil"},
@@ -114,3 +114,16 @@ def test_reused_refresh_token(client: TestClient, people: People) -> None:
     refresh = people.customer.tokens["refresh_token"]
     assert client.post("/auth/refresh", json={"refresh_token": refresh}).status_code == 200
     assert client.post("/auth/refresh", json={"refresh_token": refresh}).status_code == 401
+
+
+def test_clock_skew_within_leeway_is_tolerated(
+    client: TestClient, people: People, secret_file: Path
+) -> None:
+    # The issuing host's clock runs 10 s ahead of ours: nbf/iat are in our future.
+    now = int(time.time())
+    token = jwt.encode(
+        {**_claims(people.admin.id), "iat": now + 10, "nbf": now + 10},
+        secret_file.read_text(),
+        algorithm="HS256",
+    )
+    assert _call(client, token) == 200

@@ -10,6 +10,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from zapora.infra import metrics
+from zapora.migrate import head_revision
+
 from . import servers as srv
 from .conftest import Catalog, People, app_for, make_settings
 
@@ -49,13 +52,24 @@ def test_not_ready_when_redis_and_database_are_down(
 def test_not_ready_when_schema_behind(
     client: TestClient, db: psycopg.Connection[dict[str, Any]]
 ) -> None:
-    db.execute("UPDATE alembic_version SET version_num = 'old'")
+    db.execute("UPDATE alembic_version SET version_num = '0001'")
     try:
         r = client.get("/health/ready")
         assert r.status_code == 503
         assert "migrations" in r.json()["detail"]
     finally:
-        db.execute("UPDATE alembic_version SET version_num = '0001'")
+        db.execute("UPDATE alembic_version SET version_num = %s", (head_revision(),))
+
+
+def test_ready_when_a_newer_release_migrated(
+    client: TestClient, db: psycopg.Connection[dict[str, Any]]
+) -> None:
+    # Blue/green: the new colour ran `zapora migrate` (expand only); this one keeps serving.
+    db.execute("UPDATE alembic_version SET version_num = 'f00dfeed'")
+    try:
+        assert client.get("/health/ready").status_code == 200
+    finally:
+        db.execute("UPDATE alembic_version SET version_num = %s", (head_revision(),))
 
 
 def test_request_id_is_honoured_or_generated(client: TestClient) -> None:
@@ -105,7 +119,9 @@ def test_metrics_red_and_business(client: TestClient, people: People, catalog: C
         headers=people.customer.headers,
     )
     client.get(f"/menus/{catalog.menu_id}")
-    text = client.get("/metrics").text
+    # Not on the public port (the counters include revenue): its own listener serves them.
+    assert client.get("/metrics").status_code == 404
+    text = metrics.render()[0].decode()
     assert 'zapora_http_requests_total{method="GET",route="/menus/{menu_id}",status="200"}' in text
     assert "zapora_http_request_duration_seconds_bucket" in text
     assert 'zapora_orders_created_total{currency="EUR"}' in text

@@ -74,7 +74,7 @@ MATRIX: list[tuple[str, str, Any, dict[str, int]]] = [
     ),
     (
         "DELETE",
-        "/menus/{menu_id}",
+        "/menus/{empty_menu_id}",
         None,
         {"anonymous": 401, "customer": 403, "other": 403, "staff": 204, "admin": 204},
     ),
@@ -177,6 +177,10 @@ def test_permission_matrix(
         "menu_id": catalog.menu_id,
         "item_id": catalog.items[0]["id"],
         "order_id": order["id"],
+        # A menu with items cannot be deleted (409); deletion rights are tested on an empty one.
+        "empty_menu_id": client.post(
+            "/menus", json={"name": "Empty"}, headers=people.staff.headers
+        ).json()["id"],
     }
     r = client.request(
         method, _fill(path, ids), json=_fill(body, ids), headers=_headers(people, role)

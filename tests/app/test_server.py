@@ -64,12 +64,14 @@ class Running:
     url: str
     proc: subprocess.Popen[bytes]
     collector: Collector
+    metrics_url: str
 
 
 def start_gunicorn(
     servers: srv.Servers, secret_file: Path, tmp: Path, **env: str
 ) -> tuple[str, subprocess.Popen[bytes]]:
     port = srv.free_port()
+    metrics_port = srv.free_port()
     metrics_dir = tmp / "prom"
     metrics_dir.mkdir(exist_ok=True)
     proc = subprocess.Popen(
@@ -85,6 +87,7 @@ def start_gunicorn(
             "ZAPORA_WORKERS": "2",
             "ZAPORA_LOG_LEVEL": "WARNING",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+            "ZAPORA_METRICS_PORT": str(metrics_port),
             **env,
         },
         stdout=subprocess.DEVNULL,
@@ -100,7 +103,12 @@ def start_gunicorn(
         if proc.poll() is not None:
             break
         time.sleep(0.2)
-    proc.kill()
+    # SIGTERM lets the master stop its workers; SIGKILL would orphan them.
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise RuntimeError("gunicorn did not become ready")
 
 
@@ -109,15 +117,17 @@ def running(
     servers: srv.Servers, secret_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     collector_server, collector = _collector()
+    metrics_port = srv.free_port()
     url, proc = start_gunicorn(
         servers,
         secret_file,
         tmp_path_factory.mktemp("gunicorn"),
         ZAPORA_OTLP_ENDPOINT=f"http://127.0.0.1:{collector_server.server_port}",
         OTEL_BSP_SCHEDULE_DELAY="100",
+        ZAPORA_METRICS_PORT=str(metrics_port),
     )
     try:
-        yield Running(url, proc, collector)
+        yield Running(url, proc, collector, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -133,34 +143,39 @@ def _metric(text: str, prefix: str) -> float:
 
 def test_metrics_add_up_across_workers(running: Running) -> None:
     before = _metric(
-        httpx.get(running.url + "/metrics").text,
+        httpx.get(running.metrics_url).text,
         'zapora_http_requests_total{method="GET",route="/health/live",status="200"}',
     )
     # New connections each time so both workers serve some of them.
     for _ in range(40):
         assert httpx.get(running.url + "/health/live").status_code == 200
     after = _metric(
-        httpx.get(running.url + "/metrics").text,
+        httpx.get(running.metrics_url).text,
         'zapora_http_requests_total{method="GET",route="/health/live",status="200"}',
     )
     assert after - before == 40
+    # The public port does not serve them.
+    assert httpx.get(running.url + "/metrics").status_code == 404
 
 
 def test_spans_reach_the_collector(running: Running, catalog: Catalog, people: People) -> None:
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    # The first list request misses both caches: HTTP, SQL and Redis spans in one trace.
     r = httpx.get(
-        running.url + "/orders",
-        headers={**people.customer.headers, "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        running.url + "/menu-items",
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
     )
     assert r.status_code == 200
     deadline = time.monotonic() + 10
     names: set[str] = set()
     while time.monotonic() < deadline:
         names = {name for tid, name, _ in running.collector.spans if tid == trace_id}
-        if {"GET /orders", "SQL SELECT"} <= names and any(n.startswith("redis ") for n in names):
+        if {"GET /menu-items", "SQL SELECT"} <= names and any(
+            n.startswith("redis ") for n in names
+        ):
             break
         time.sleep(0.2)
-    assert "GET /orders" in names
+    assert "GET /menu-items" in names
     assert "SQL SELECT" in names
     assert any(n.startswith("redis ") for n in names)
 

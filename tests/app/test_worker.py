@@ -72,6 +72,7 @@ def _worker_env(servers: srv.Servers, secret_file: Path, **extra: str) -> dict[s
         "ZAPORA_REDIS_URL": servers.redis_url,
         "ZAPORA_JWT_SECRET_FILE": str(secret_file),
         "ZAPORA_WORKER_BLOCK_MS": "200",
+        "ZAPORA_WORKER_METRICS_PORT": str(srv.free_port()),
         **extra,
     }
 

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from zapora.api import problems
+from zapora.api import openapi, problems
 from zapora.api.fast_path import CachedMenuItems
 from zapora.api.middleware import RequestContextMiddleware
 from zapora.api.routers import audit, auth, health, menus, orders, users
@@ -42,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Zapora API",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs_on else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_on else None,
         telemetry={"tracing": settings.otlp_endpoint is not None, "metrics": False, "logs": False},
     )
     problems.install(app)
@@ -53,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trusted_proxy_hops=settings.trusted_proxy_hops,
     )
     # Starlette matches routes in order: the hottest paths first.
-    for module in (menus, orders, health, auth, users, audit):
-        app.include_router(module.router)
+    routers = [module.router for module in (menus, orders, health, auth, users, audit)]
+    for router in routers:
+        app.include_router(router)
+    app.state.routers = routers
+    openapi.install(app, routers)
     return app

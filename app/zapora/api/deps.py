@@ -8,7 +8,15 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from zapora.infra.security import InvalidToken
-from zapora.services.common import Actor, Forbidden, Origin, Page, Role, Unauthorized
+from zapora.services.common import (
+    Actor,
+    Forbidden,
+    Origin,
+    Page,
+    RateLimited,
+    Role,
+    Unauthorized,
+)
 from zapora.services.registry import Services
 
 _bearer = HTTPBearer(auto_error=False)
@@ -39,20 +47,31 @@ async def current_actor(request: Request, services: ServicesDep, credentials: Be
         raise Unauthorized("Sign in to use this endpoint.")
     actor, _ = await services.auth.authenticate(credentials.credentials)
     request.state.user_id = str(actor.id)
+    if request.method not in ("GET", "HEAD"):
+        # Per-user write limit: the edge limits per address, which one user behind many
+        # addresses (or many users behind one) would slip past.
+        retry_after = await services.infra.check_write_rate(actor.id)
+        if retry_after:
+            raise RateLimited("Too many writes; try again later.", retry_after)
     return actor
 
 
 CurrentActor = Annotated[Actor, Depends(current_actor)]
 
 
-async def fresh_reads(services: ServicesDep, credentials: Bearer) -> bool:
-    """True when the caller wrote recently and must read from the primary."""
+async def fresh_reads(request: Request, services: ServicesDep) -> bool:
+    """True when the caller wrote recently and must read from the primary.
+
+    Public reads take an optional token only as this routing hint, so they read the header
+    themselves: a security requirement in the OpenAPI document would tell clients the token
+    is needed."""
     if services.infra.db.replica is None:
         return True
-    if credentials is None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
         return False
     try:
-        claims = services.infra.tokens.decode(credentials.credentials, "access")
+        claims = services.infra.tokens.decode(token.strip(), "access")
     except InvalidToken:
         return False
     return await services.infra.is_fresh(claims.sub)

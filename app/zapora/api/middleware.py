@@ -11,7 +11,7 @@ from fastapi import HTTPException
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zapora.api.problems import problem
+from zapora.api.problems import for_exception, problem
 from zapora.infra.metrics import DURATION, REQUESTS
 from zapora.infra.tracing import current_trace_id, tracing_enabled
 
@@ -88,9 +88,13 @@ class RequestContextMiddleware:
                 if not response_started:
                     await _too_large(send_wrapper, scope, receive, self.max_body_bytes)
                 status = 413
-            except Exception:
-                self._finish(scope, method, 500, started, request_id, trace_id)
-                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is answered as problem+json
+                # Answered here rather than re-raised, so the server never drops the
+                # connection and never logs the error a second time without our context.
+                answer = for_exception(exc, scope["path"])
+                if not response_started:
+                    await answer(scope, receive, send_wrapper)
+                status = answer.status_code if not response_started else 500
         self._finish(scope, method, status, started, request_id, trace_id)
 
     def _client_ip(self, scope: Scope, headers: dict[str, str]) -> str | None:

@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from zapora.infra.errors import ANY_UNAVAILABLE
 from zapora.services.common import (
     Conflict,
     DomainError,
@@ -79,18 +81,59 @@ async def _validation(request: Request, exc: Exception) -> ProblemResponse:
     return problem(422, "The request is not valid.", errors=errors)
 
 
+def allowed_methods(request: Request) -> str | None:
+    """Every method some route serves on this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "*"}
+    for router in getattr(request.app.state, "routers", ()):
+        for route in router.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods.update(getattr(route, "methods", None) or ())
+    methods.discard("HEAD")
+    return ", ".join(sorted(methods)) or None
+
+
 async def _http(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem(exc.status_code, detail, dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        allow = allowed_methods(request)
+        if allow:
+            headers["Allow"] = allow
+    return problem(exc.status_code, detail, headers or None)
 
 
-async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
-    logger.opt(exception=exc).error("unhandled error on {}", request.url.path)
+# A dependency that is down or unreachable: the client should retry later, not report a bug.
+UNAVAILABLE = ANY_UNAVAILABLE
+RETRY_AFTER_SECONDS = 5
+
+
+def unavailable(detail: str = "A service this request needs is unavailable.") -> ProblemResponse:
+    return problem(503, detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def for_exception(exc: BaseException, path: str) -> ProblemResponse:
+    """The answer to an exception no handler took: 503 for a dependency, else 500."""
+    if isinstance(exc, UNAVAILABLE):
+        logger.opt(exception=exc).warning("dependency unavailable on {}", path)
+        return unavailable()
+    logger.opt(exception=exc).error("unhandled error on {}", path)
     return problem(500, "An unexpected error occurred.")
 
 
+async def _dependency(request: Request, exc: Exception) -> ProblemResponse:
+    return for_exception(exc, request.url.path)
+
+
+async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
+    return for_exception(exc, request.url.path)
+
+
 def install(app: FastAPI) -> None:
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _dependency)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)

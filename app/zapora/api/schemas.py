@@ -6,12 +6,15 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
-from zapora.infra.security import MAX_PASSWORD_BYTES
 from zapora.services.common import Role
 
 MIN_PASSWORD_CHARS = 10
+MAX_PASSWORD_CHARS = 72
+# Every rule is in the schema, so a request the OpenAPI document allows is one the API accepts.
+NO_NUL = r"^[^\x00]*$"
 
 
 def _no_nul(value: str) -> str:
@@ -21,30 +24,50 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _password_rules(value: str) -> str:
-    if len(value) < MIN_PASSWORD_CHARS:
-        raise ValueError(f"must be at least {MIN_PASSWORD_CHARS} characters")
-    if len(value.encode()) > MAX_PASSWORD_BYTES:
-        raise ValueError(f"must be at most {MAX_PASSWORD_BYTES} bytes")
+def _email(value: str) -> str:
+    # Syntax only: no DNS, and names reserved for tests or local use are accepted too, so that
+    # every address of the schema's `format: email` is one the API takes.
+    try:
+        return validate_email(
+            value, check_deliverability=False, globally_deliverable=False, test_environment=True
+        ).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid e-mail address: {exc}") from exc
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer; strict validation still refuses "3", 3.5 and true.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
 def Text(max_length: int, min_length: int = 0) -> Any:
     return Annotated[
-        str, Field(min_length=min_length, max_length=max_length), AfterValidator(_no_nul)
+        str,
+        Field(min_length=min_length, max_length=max_length, pattern=NO_NUL),
+        AfterValidator(_no_nul),
     ]
 
 
 Name = Text(200, 1)
 Description = Text(2000)
-Password = Annotated[str, Field(max_length=1024), AfterValidator(_no_nul)]
+Password = Annotated[str, Field(max_length=1024, pattern=NO_NUL), AfterValidator(_no_nul)]
 NewPassword = Annotated[
-    str, Field(max_length=1024), AfterValidator(_no_nul), AfterValidator(_password_rules)
+    str,
+    Field(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS, pattern=NO_NUL),
+    AfterValidator(_no_nul),
 ]
-Email = Annotated[EmailStr, Field(max_length=254), AfterValidator(_no_nul)]
+Email = Annotated[
+    str,
+    Field(max_length=254, json_schema_extra={"format": "email"}),
+    AfterValidator(_no_nul),
+    AfterValidator(_email),
+]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-PriceMinor = Annotated[int, Field(strict=True, ge=0, le=100_000_000)]
-Quantity = Annotated[int, Field(strict=True, ge=1, le=50)]
+PriceMinor = Annotated[int, Strict(), Field(ge=0, le=100_000_000), BeforeValidator(_whole_number)]
+Quantity = Annotated[int, Strict(), Field(ge=1, le=50), BeforeValidator(_whole_number)]
+Flag = Annotated[bool, Field(strict=True)]
 OrderStatus = Literal["pending", "confirmed", "preparing", "ready", "delivered", "cancelled"]
 
 
@@ -59,7 +82,7 @@ class RegisterIn(RequestBody):
 
 
 class LoginIn(RequestBody):
-    email: Annotated[str, Field(min_length=1, max_length=254), AfterValidator(_no_nul)]
+    email: Text(254, 1)  # type: ignore[valid-type]
     password: Password
 
 
@@ -85,7 +108,7 @@ class UserOut(BaseModel):
 
 class UserPatch(RequestBody):
     role: Role | None = None
-    is_active: bool | None = None
+    is_active: Flag | None = None
 
 
 class MenuIn(RequestBody):
@@ -112,7 +135,7 @@ class MenuItemIn(RequestBody):
     description: Description = ""  # type: ignore[valid-type]
     price_minor: PriceMinor
     currency: Currency
-    available: bool = True
+    available: Flag = True
 
 
 class MenuItemPatch(RequestBody):
@@ -121,7 +144,7 @@ class MenuItemPatch(RequestBody):
     description: Description | None = None  # type: ignore[valid-type]
     price_minor: PriceMinor | None = None
     currency: Currency | None = None
-    available: bool | None = None
+    available: Flag | None = None
 
 
 class MenuItemOut(BaseModel):

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import select
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
+from loguru import logger
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from zapora.infra.tracing import tracer
 
@@ -18,26 +23,75 @@ Row = dict[str, Any]
 Params = Sequence[Any] | dict[str, Any]
 
 
-def _pool(dsn: str, min_size: int, max_size: int, name: str) -> AsyncConnectionPool[Conn]:
+def _still_open(conn: Conn) -> bool:
+    """The checkout check, without a round trip: an idle connection's socket has something
+    to read only when the server closed it or said it is terminating it (restart, failover,
+    switchover)."""
+    if conn.closed or conn.broken:
+        return False
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return not readable
+
+
+def _pool(
+    dsn: str, min_size: int, max_size: int, name: str, timeout: float
+) -> AsyncConnectionPool[Conn]:
     return AsyncConnectionPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        # How long a request waits for a connection before it is answered 503.
+        timeout=timeout,
         kwargs={"row_factory": dict_row, "autocommit": True},
         name=name,
         open=False,
-        # No per-checkout `check`: it costs a round trip on every request. A connection that
-        # broke (server restart, failover) fails one request and the pool replaces it.
         max_idle=300,
     )
 
 
 class Database:
     def __init__(
-        self, primary_dsn: str, replica_dsn: str | None, min_size: int = 1, max_size: int = 10
+        self,
+        primary_dsn: str,
+        replica_dsn: str | None,
+        min_size: int = 1,
+        max_size: int = 10,
+        replica_wait_seconds: float = 0.5,
+        replica_retry_seconds: float = 5.0,
+        timeout: float = 5.0,
     ) -> None:
-        self.primary = _pool(primary_dsn, min_size, max_size, "primary")
-        self.replica = _pool(replica_dsn, min_size, max_size, "replica") if replica_dsn else None
+        self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout)
+        self.replica = (
+            _pool(replica_dsn, min_size, max_size, "replica", timeout) if replica_dsn else None
+        )
+        self.replica_wait_seconds = replica_wait_seconds
+        self.replica_retry_seconds = replica_retry_seconds
+        # While the replica is failing, reads go to the primary until this moment.
+        self._replica_down_until = 0.0
+        self._checks: set[asyncio.Task[None]] = set()
+
+    @property
+    def replica_state(self) -> str:
+        if self.replica is None:
+            return "none"
+        return "ok" if time.monotonic() >= self._replica_down_until else "failed"
+
+    def _suspect(self, pool: AsyncConnectionPool[Conn], exc: BaseException) -> None:
+        """A connection of this pool failed: test every idle one now (failover, restart), so
+        the stale ones are replaced before requests pick them."""
+        if isinstance(exc, psycopg.OperationalError) and not self._checks:
+            task = asyncio.get_running_loop().create_task(pool.check())
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    def _replica_failed(self, exc: BaseException) -> None:
+        if self.replica_state == "ok":
+            logger.warning(
+                "replica unavailable, reading from the primary for {} s: {}",
+                self.replica_retry_seconds,
+                exc,
+            )
+        self._replica_down_until = time.monotonic() + self.replica_retry_seconds
 
     async def open(self) -> None:
         await self.primary.open(wait=False)
@@ -49,17 +103,62 @@ class Database:
         if self.replica is not None:
             await self.replica.close()
 
+    async def _getconn(self, pool: AsyncConnectionPool[Conn], timeout: float | None = None) -> Conn:
+        """A pooled connection the server has not closed: stale ones (the server restarted or
+        failed over) are dropped at checkout, at no round trip, and the rest of the pool is
+        checked in the background, so they do not each fail a request."""
+        for _ in range(pool.max_size + 1):
+            conn = await pool.getconn(timeout)
+            if _still_open(conn):
+                return conn
+            await conn.close()
+            await pool.putconn(conn)  # closed: the pool discards it and opens a new one
+            self._suspect(pool, psycopg.OperationalError("stale pooled connection"))
+        return await pool.getconn(timeout)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
-        async with self.primary.connection() as conn, conn.transaction():
+        async with self._on(self.primary) as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
     async def reader(self, *, fresh: bool = False) -> AsyncIterator[Conn]:
-        """A connection for reads; `fresh` forces the primary (the caller wrote recently)."""
-        pool = self.primary if fresh or self.replica is None else self.replica
-        async with pool.connection() as conn:
+        """A connection for reads; `fresh` forces the primary (the caller wrote recently).
+
+        Lag-tolerant reads use the replica while it answers; when it cannot hand out a
+        connection within `replica_wait_seconds`, or a read on it fails, reads go to the
+        primary for `replica_retry_seconds`."""
+        replica = self.replica
+        if fresh or replica is None or self.replica_state != "ok":
+            async with self._on(self.primary) as conn:
+                yield conn
+            return
+        try:
+            conn = await self._getconn(replica, self.replica_wait_seconds)
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            self._replica_failed(exc)
+            async with self._on(self.primary) as conn:
+                yield conn
+            return
+        try:
             yield conn
+        except psycopg.OperationalError as exc:
+            self._replica_failed(exc)
+            self._suspect(replica, exc)
+            raise
+        finally:
+            await replica.putconn(conn)
+
+    @asynccontextmanager
+    async def _on(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+        conn = await self._getconn(pool)
+        try:
+            yield conn
+        except psycopg.OperationalError as exc:
+            self._suspect(pool, exc)
+            raise
+        finally:
+            await pool.putconn(conn)
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:

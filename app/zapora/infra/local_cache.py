@@ -53,10 +53,6 @@ class LocalCache(Generic[V]):
         self.generation += 1
         self._entries.clear()
 
-    async def invalidate_everywhere(self) -> None:
-        self.invalidate_locally()
-        await self.redis.publish(self.channel, b"invalidate")
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name=f"local-cache:{self.channel}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ def _sink(message: Message) -> None:
     if record["exception"] is not None:
         exc = record["exception"]
         line["error"] = f"{exc.type.__name__ if exc.type else 'Exception'}: {exc.value}"
+        # The whole traceback, as one string in the same JSON line (no local variables).
+        line["traceback"] = "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
     sys.stdout.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
     sys.stdout.flush()
 

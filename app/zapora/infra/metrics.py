@@ -6,10 +6,12 @@ import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client import multiprocess as _mp
 
@@ -30,6 +32,17 @@ ORDER_EVENTS_PROCESSED = Counter(
     "zapora_order_events_processed_total", "Order events processed by the worker"
 )
 
+OUTBOX_RELAYED = Counter("zapora_outbox_relayed_total", "Outbox rows relayed to Redis", ["topic"])
+ORDER_EVENTS_DEAD_LETTERED = Counter(
+    "zapora_order_events_dead_lettered_total",
+    "Order events moved to the dead-letter stream after too many deliveries",
+)
+DEGRADED = Counter(
+    "zapora_degraded_total",
+    "Requests served without a dependency (Redis, replica), by what was skipped",
+    ["dependency", "operation"],
+)
+
 
 def render() -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -37,6 +50,16 @@ def render() -> tuple[bytes, str]:
         _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def start_metrics_server(host: str, port: int) -> None:
+    """A background HTTP listener answering /metrics (any path) on host:port."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    start_http_server(port, addr=host, registry=registry)
 
 
 def mark_process_dead(pid: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,17 +13,25 @@ import bcrypt
 from jose import JWTError, jwt
 
 ALGORITHM = "HS256"
-# bcrypt looks only at the first 72 bytes; longer passwords are refused at the API.
+# bcrypt reads at most 72 bytes. A longer password (72 characters can be up to 288 bytes in
+# UTF-8) is reduced to its SHA-256 digest (base64, 44 bytes) first, so every byte counts.
 MAX_PASSWORD_BYTES = 72
 
 
+def _bcrypt_input(password: str) -> bytes:
+    raw = password.encode()
+    if len(raw) > MAX_PASSWORD_BYTES:
+        return base64.b64encode(hashlib.sha256(raw).digest())
+    return raw
+
+
 def hash_password(password: str, rounds: int) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    return bcrypt.hashpw(_bcrypt_input(password), bcrypt.gensalt(rounds)).decode()
 
 
 def verify_password(password: str, hashed: str) -> bool:
     try:
-        return bcrypt.checkpw(password.encode()[:MAX_PASSWORD_BYTES], hashed.encode())
+        return bcrypt.checkpw(_bcrypt_input(password), hashed.encode())
     except ValueError:
         return False
 
@@ -41,10 +51,12 @@ class TokenClaims:
 
 
 class TokenCodec:
-    def __init__(self, secret: str, issuer: str, audience: str) -> None:
+    def __init__(self, secret: str, issuer: str, audience: str, leeway: int = 0) -> None:
         self._secret = secret
         self._issuer = issuer
         self._audience = audience
+        # Tolerated clock skew between hosts, on `nbf`, `iat` and `exp`.
+        self._leeway = leeway
 
     def issue(
         self, sub: str, typ: str, ttl: int, fam: str | None = None, now: int | None = None
@@ -84,7 +96,7 @@ class TokenCodec:
                     "require_aud": True,
                     "require_sub": True,
                     "require_jti": True,
-                    "leeway": 0,
+                    "leeway": self._leeway,
                 },
             )
         except JWTError as exc:

@@ -47,6 +47,17 @@ async def update_row(
     )
 
 
+async def menu_has_items(conn: Conn, menu_id: UUID) -> bool:
+    # Locks the menu row, so no item is added to it between this check and the delete.
+    row = await fetch_one(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM menu_items WHERE menu_id = m.id) AS has_items"
+        " FROM menus m WHERE m.id = %s FOR UPDATE",
+        (menu_id,),
+    )
+    return bool(row and row["has_items"])
+
+
 async def delete_row(conn: Conn, table: str, row_id: UUID) -> bool:
     row = await fetch_one(conn, f"DELETE FROM {table} WHERE id = %s RETURNING id", (row_id,))
     return row is not None

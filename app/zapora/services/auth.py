@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 import uuid
 from dataclasses import dataclass
@@ -9,10 +11,13 @@ from uuid import UUID
 
 import psycopg
 from anyio import to_thread
+from loguru import logger
 
 from zapora.infra.db import Row
-from zapora.infra.metrics import USERS_REGISTERED
+from zapora.infra.errors import UNAVAILABLE
+from zapora.infra.metrics import DEGRADED, USERS_REGISTERED
 from zapora.infra.security import InvalidToken, hash_password, verify_password
+from zapora.repositories import tokens as tokens_repo
 from zapora.repositories import users as users_repo
 from zapora.services.audit import AuditService
 from zapora.services.common import (
@@ -38,10 +43,48 @@ class TokenPair:
     token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
 
 
+class LocalCounters:
+    """Failed-login counters kept in this process while Redis is unavailable, so throttling
+    still holds (per process: at most `workers` times the limit) instead of failing open."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._counts: dict[str, tuple[float, int]] = {}
+
+    def get(self, key: str) -> tuple[int, int]:
+        """(count, seconds left in its window)."""
+        expires, count = self._counts.get(key, (0.0, 0))
+        left = int(expires - time.monotonic())
+        return (count, left) if left > 0 else (0, 0)
+
+    def incr(self, key: str, window: int) -> int:
+        count, left = self.get(key)
+        if len(self._counts) >= self.max_keys:
+            now = time.monotonic()
+            self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
+            if len(self._counts) >= self.max_keys:
+                # Still full of live keys: an attack; drop the oldest half, keep counting.
+                for k in sorted(self._counts, key=lambda k: self._counts[k][0])[
+                    : self.max_keys // 2
+                ]:
+                    del self._counts[k]
+        expires = time.monotonic() + (left if count else window)
+        self._counts[key] = (expires, count + 1)
+        return count + 1
+
+    def delete(self, key: str) -> None:
+        self._counts.pop(key, None)
+
+
 class AuthService:
     def __init__(self, infra: Infra, audit: AuditService) -> None:
         self.infra = infra
         self.audit = audit
+        self.local_failures = LocalCounters()
+        # Failed logins are audited with a keyed hash of what was typed (often a password).
+        self._email_key = hmac.new(
+            infra.settings.jwt_secret.get_secret_value().encode(), b"audit-email", hashlib.sha256
+        ).digest()
         # Compared against when the e-mail is unknown so both failures cost the same time.
         self._dummy_hash = hash_password(uuid.uuid4().hex, infra.settings.bcrypt_rounds)
 
@@ -58,6 +101,9 @@ class AuthService:
         USERS_REGISTERED.inc()
         return user
 
+    def email_hash(self, email: str) -> str:
+        return hmac.new(self._email_key, email.lower().encode(), hashlib.sha256).hexdigest()[:32]
+
     async def login(self, email: str, password: str, origin: Origin) -> TokenPair:
         settings = self.infra.settings
         account_key = f"auth:fail:acct:{email.lower()}"
@@ -69,14 +115,14 @@ class AuthService:
         candidate = user["password_hash"] if user else self._dummy_hash
         ok = await to_thread.run_sync(verify_password, password, candidate)
         if user is None or not ok:
-            async with self.infra.redis.pipeline(transaction=False) as pipe:
-                for key in (account_key, client_key):
-                    pipe.incr(key)
-                    pipe.expire(key, settings.login_failure_window_seconds, nx=True)
-                acct_count, _, client_count, _ = await pipe.execute()
+            acct_count, client_count = await self._count_failure(account_key, client_key)
             actor_id = user["id"] if user else None
+            email_hash = self.email_hash(email)
             await self.audit.record(
-                "auth.login_failed", actor_id=actor_id, origin=origin, details={"email": email}
+                "auth.login_failed",
+                actor_id=actor_id,
+                origin=origin,
+                details={"email_hash": email_hash},
             )
             if acct_count == settings.login_max_failures_per_account or (
                 client_count == settings.login_max_failures_per_client
@@ -86,7 +132,7 @@ class AuthService:
                     actor_id=actor_id,
                     origin=origin,
                     details={
-                        "email": email,
+                        "email_hash": email_hash,
                         "scope": "account"
                         if acct_count >= settings.login_max_failures_per_account
                         else "client",
@@ -95,21 +141,53 @@ class AuthService:
             raise Unauthorized(BAD_CREDENTIALS)
         if not user["is_active"]:
             raise Forbidden("This account is deactivated.")
-        await self.infra.redis.delete(account_key)
+        self.local_failures.delete(account_key)
+        try:
+            await self.infra.redis.delete(account_key)
+        except UNAVAILABLE:
+            DEGRADED.labels("redis", "login_reset").inc()
         return self._issue_pair(user["id"], str(uuid.uuid4()))
+
+    async def _count_failure(self, account_key: str, client_key: str) -> tuple[int, int]:
+        window = self.infra.settings.login_failure_window_seconds
+        try:
+            async with self.infra.redis.pipeline(transaction=False) as pipe:
+                for key in (account_key, client_key):
+                    pipe.incr(key)
+                    pipe.expire(key, window, nx=True)
+                acct_count, _, client_count, _ = await pipe.execute()
+            return int(acct_count), int(client_count)
+        except UNAVAILABLE as exc:
+            DEGRADED.labels("redis", "login_throttle").inc()
+            logger.warning("login failures counted in this process; Redis: {}", exc)
+            return (
+                self.local_failures.incr(account_key, window),
+                self.local_failures.incr(client_key, window),
+            )
 
     async def _refuse_if_locked(self, account_key: str, client_key: str) -> None:
         settings = self.infra.settings
-        acct, client = await self.infra.redis.mget(account_key, client_key)
-        for key, value, limit in (
-            (account_key, acct, settings.login_max_failures_per_account),
-            (client_key, client, settings.login_max_failures_per_client),
-        ):
+        limits = (
+            (account_key, settings.login_max_failures_per_account),
+            (client_key, settings.login_max_failures_per_client),
+        )
+        # The stricter of Redis and this process's own counts (kept while Redis was away).
+        for key, limit in limits:
+            count, left = self.local_failures.get(key)
+            if count >= limit:
+                raise RateLimited("Too many failed sign-in attempts; try again later.", left)
+        try:
+            values = await self.infra.redis.mget(account_key, client_key)
+        except UNAVAILABLE:
+            DEGRADED.labels("redis", "login_throttle").inc()
+            return
+        for (key, limit), value in zip(limits, values, strict=True):
             if value is not None and int(value) >= limit:
-                ttl = await self.infra.redis.ttl(key)
-                raise RateLimited(
-                    "Too many failed sign-in attempts; try again later.", max(int(ttl), 1)
-                )
+                try:
+                    ttl = int(await self.infra.redis.ttl(key))
+                except UNAVAILABLE:
+                    ttl = settings.login_failure_window_seconds
+                raise RateLimited("Too many failed sign-in attempts; try again later.", max(ttl, 1))
 
     def _issue_pair(self, user_id: UUID, family: str) -> TokenPair:
         settings = self.infra.settings
@@ -127,12 +205,12 @@ class AuthService:
         except InvalidToken as exc:
             raise Unauthorized(BAD_TOKEN) from exc
         family = claims.fam or ""
-        redis = self.infra.redis
-        ttl = max(claims.exp - int(time.time()), 1)
-        if await redis.exists(f"auth:fam:revoked:{family}"):
-            raise Unauthorized(BAD_TOKEN)
-        # SET NX makes rotation atomic: of two concurrent uses exactly one wins.
-        first_use = await redis.set(f"auth:rt:used:{claims.jti}", b"1", nx=True, ex=ttl)
+        # Durable in PostgreSQL: the insert makes rotation atomic (of two concurrent uses
+        # exactly one wins), and a reuse is caught even after Redis lost its data.
+        async with self.infra.db.transaction() as conn:
+            if await tokens_repo.family_revoked(conn, family):
+                raise Unauthorized(BAD_TOKEN)
+            first_use = await tokens_repo.use_refresh_token(conn, claims.jti, family, claims.exp)
         if not first_use:
             await self._revoke_family(family)
             await self.audit.record(
@@ -149,30 +227,28 @@ class AuthService:
         return self._issue_pair(user["id"], family)
 
     async def _revoke_family(self, family: str) -> None:
-        await self.infra.redis.set(
-            f"auth:fam:revoked:{family}", b"1", ex=self.infra.settings.refresh_token_ttl_seconds
-        )
+        # Every token of the family expires by then (refresh tokens live longest).
+        until = int(time.time()) + self.infra.settings.refresh_token_ttl_seconds
+        async with self.infra.db.transaction() as conn:
+            await tokens_repo.revoke_family(conn, family, until)
 
     async def logout(self, actor: Actor) -> None:
-        ttl = max(actor.token_exp - int(time.time()), 1)
-        await self.infra.redis.set(f"auth:revoked:{actor.token_jti}", b"1", ex=ttl)
-        if actor.token_family:
-            await self._revoke_family(actor.token_family)
+        until = int(time.time()) + self.infra.settings.refresh_token_ttl_seconds
+        async with self.infra.db.transaction() as conn:
+            await tokens_repo.revoke_token(conn, actor.token_jti, actor.token_exp)
+            if actor.token_family:
+                await tokens_repo.revoke_family(conn, actor.token_family, until)
 
     async def authenticate(self, token: str) -> tuple[Actor, Row]:
         try:
             claims = self.infra.tokens.decode(token, "access")
         except InvalidToken as exc:
             raise Unauthorized(BAD_TOKEN) from exc
-        keys = [f"auth:revoked:{claims.jti}"]
-        if claims.fam:
-            keys.append(f"auth:fam:revoked:{claims.fam}")
-        if await self.infra.redis.exists(*keys):
-            raise Unauthorized(BAD_TOKEN)
-        # Read on the primary on purpose: a deactivation or role change applies at once.
+        # Read on the primary on purpose: a deactivation, role change or revocation applies at
+        # once. Revocations live in PostgreSQL, checked in this same query: no Redis needed.
         async with self.infra.db.reader(fresh=True) as conn:
-            user = await users_repo.by_id(conn, claims.sub)
-        if user is None or not user["is_active"]:
+            user = await tokens_repo.user_unless_revoked(conn, claims.sub, claims.jti, claims.fam)
+        if user is None or user["revoked"] or not user["is_active"]:
             raise Unauthorized(BAD_TOKEN)
         actor = Actor(
             id=user["id"],

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+from loguru import logger
+
 from zapora.infra.db import Database
+from zapora.infra.errors import UNAVAILABLE
+from zapora.infra.metrics import DEGRADED
 from zapora.infra.redis import TracedRedis, redis_from_settings
 from zapora.infra.security import TokenCodec
 from zapora.settings import Settings
@@ -26,10 +31,16 @@ class Infra:
                 settings.replica_database_url,
                 settings.db_pool_min,
                 settings.db_pool_max,
+                replica_wait_seconds=settings.replica_wait_seconds,
+                replica_retry_seconds=settings.replica_retry_seconds,
+                timeout=settings.db_pool_timeout_seconds,
             ),
             redis=redis_from_settings(settings),
             tokens=TokenCodec(
-                settings.jwt_secret.get_secret_value(), settings.jwt_issuer, settings.jwt_audience
+                settings.jwt_secret.get_secret_value(),
+                settings.jwt_issuer,
+                settings.jwt_audience,
+                settings.jwt_leeway_seconds,
             ),
         )
 
@@ -42,12 +53,43 @@ class Infra:
 
     async def mark_fresh(self, user_id: object) -> None:
         """Remember that this client just wrote, so its next reads go to the primary."""
-        if self.db.replica is not None:
+        if self.db.replica is None:
+            return
+        try:
             await self.redis.set(f"ryw:{user_id}", b"1", ex=self.settings.read_your_writes_seconds)
+        except UNAVAILABLE as exc:
+            # The write is committed; its answer must not fail. This client may read from the
+            # replica during the next seconds (read-your-writes is best effort without Redis).
+            DEGRADED.labels("redis", "mark_fresh").inc()
+            logger.warning("could not mark {} fresh: {}", user_id, exc)
+
+    async def check_write_rate(self, user_id: object) -> int:
+        """Seconds to wait when this user used up its writes for the current minute, else 0.
+
+        A fixed one-minute window in Redis, shared by every process; without Redis the
+        limit is not enforced (the edge still limits per address)."""
+        limit = self.settings.user_write_limit_per_minute
+        if not limit:
+            return 0
+        now = int(time.time())
+        key = f"rl:w:{user_id}:{now // 60}"
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, 61, nx=True)
+                count, _ = await pipe.execute()
+        except UNAVAILABLE:
+            DEGRADED.labels("redis", "write_rate_limit").inc()
+            return 0
+        return 60 - now % 60 if int(count) > limit else 0
 
     async def is_fresh(self, user_id: object | None) -> bool:
         if self.db.replica is None:
             return True
         if user_id is None:
             return False
-        return bool(await self.redis.exists(f"ryw:{user_id}"))
+        try:
+            return bool(await self.redis.exists(f"ryw:{user_id}"))
+        except UNAVAILABLE:
+            DEGRADED.labels("redis", "is_fresh").inc()
+            return True  # without Redis nobody knows who wrote: read the primary

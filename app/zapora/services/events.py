@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -13,9 +14,11 @@ from loguru import logger
 from redis.exceptions import ResponseError
 
 from zapora.infra.db import execute
-from zapora.infra.metrics import ORDER_EVENTS_PROCESSED
+from zapora.infra.metrics import ORDER_EVENTS_DEAD_LETTERED, ORDER_EVENTS_PROCESSED
 from zapora.repositories import orders as orders_repo
+from zapora.repositories import tokens as tokens_repo
 from zapora.services.context import Infra
+from zapora.services.outbox import OutboxRelay
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -27,6 +30,8 @@ class OrderEventConsumer:
         self.group = infra.settings.worker_group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = asyncio.Event()
+        self.relay = OutboxRelay(infra)
+        self.dead_stream = f"{self.stream}:dead"
 
     def stop(self) -> None:
         self._stopping.set()
@@ -72,14 +77,41 @@ class OrderEventConsumer:
             )
             next_start, entries = result[0], result[1]
             for entry_id, fields in entries:
-                if fields:
-                    await self.process(entry_id, fields)
-                    count += 1
+                if not fields:
+                    continue
+                if await self._deliveries(entry_id) > self.infra.settings.worker_max_deliveries:
+                    await self._dead_letter(entry_id, fields)
+                    continue
+                await self.process(entry_id, fields)
+                count += 1
             start = next_start.decode() if isinstance(next_start, bytes) else str(next_start)
             if start == "0-0":
                 return count
 
-    async def run_once(self, block_ms: int | None = None) -> int:
+    async def _deliveries(self, entry_id: bytes) -> int:
+        pending: Any = await self.infra.redis.xpending_range(
+            self.stream, self.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+    async def _dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """An entry that failed every delivery moves aside, so it stops blocking the loop."""
+        async with self.infra.redis.pipeline(transaction=True) as pipe:
+            dead: dict[Any, Any] = {**fields, b"stream_id": entry_id}
+            pipe.xadd(self.dead_stream, dead, maxlen=100_000)
+            pipe.xack(self.stream, self.group, entry_id)
+            await pipe.execute()
+        ORDER_EVENTS_DEAD_LETTERED.inc()
+        logger.bind(kind="order_event", stream_id=entry_id.decode()).error(
+            "order event dead-lettered to {} after {} deliveries",
+            self.dead_stream,
+            self.infra.settings.worker_max_deliveries,
+        )
+
+    async def run_once(self, block_ms: int | None = None, relay: bool = True) -> int:
+        """One pass: relay the outbox (unless a relay task does), reclaim, read new entries."""
+        if relay:
+            await self.relay.relay_once()
         await self.reclaim()
         response: Any = await self.infra.redis.xreadgroup(
             self.group,
@@ -100,20 +132,44 @@ class OrderEventConsumer:
             purged = await orders_repo.purge_idempotency_keys(
                 conn, self.infra.settings.idempotency_key_ttl_hours
             )
-        if purged:
-            logger.info("purged {} expired idempotency keys", purged)
+            purged_tokens = await tokens_repo.purge_expired(conn)
+        if purged or purged_tokens:
+            logger.info(
+                "purged {} expired idempotency keys, {} expired token rows", purged, purged_tokens
+            )
         return purged
 
-    async def run(self) -> None:
-        await self.ensure_group()
-        logger.info("worker {} consuming {} as group {}", self.consumer, self.stream, self.group)
-        next_purge = 0.0
+    async def relay_forever(self) -> None:
+        """Relay the outbox every ZAPORA_OUTBOX_POLL_MS, at once again while rows remain."""
+        interval = self.infra.settings.outbox_poll_ms / 1000
         while not self._stopping.is_set():
             try:
-                if time.monotonic() >= next_purge:
-                    await self.purge_idempotency_keys()
-                    next_purge = time.monotonic() + self.infra.settings.purge_interval_seconds
-                await self.run_once()
-            except Exception:  # noqa: BLE001 - keep consuming; the entry stays pending
-                logger.exception("order event processing failed; retrying")
+                if await self.relay.relay_once():
+                    continue
+            except Exception:  # noqa: BLE001 - rows stay in the outbox; retried next pass
+                logger.exception("outbox relay failed; retrying")
                 await asyncio.sleep(1)
+            await asyncio.sleep(interval)
+
+    async def run(self) -> None:
+        logger.info("worker {} consuming {} as group {}", self.consumer, self.stream, self.group)
+        relay = asyncio.create_task(self.relay_forever(), name="outbox-relay")
+        next_purge = 0.0
+        group_ready = False
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if not group_ready:
+                        await self.ensure_group()
+                        group_ready = True
+                    if time.monotonic() >= next_purge:
+                        await self.purge_idempotency_keys()
+                        next_purge = time.monotonic() + self.infra.settings.purge_interval_seconds
+                    await self.run_once(relay=False)
+                except Exception:  # noqa: BLE001 - keep consuming; the entry stays pending
+                    logger.exception("order event processing failed; retrying")
+                    await asyncio.sleep(1)
+        finally:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay

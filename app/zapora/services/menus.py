@@ -9,13 +9,18 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+from loguru import logger
 
 from zapora.infra.db import Row
+from zapora.infra.errors import UNAVAILABLE
 from zapora.infra.local_cache import LocalCache
+from zapora.infra.metrics import DEGRADED
 from zapora.repositories import menus as repo
+from zapora.repositories import outbox
 from zapora.services.audit import AuditService
-from zapora.services.common import Actor, Invalid, NotFound, Origin, Page
+from zapora.services.common import Actor, Conflict, NotFound, Origin, Page
 from zapora.services.context import Infra
+from zapora.services.outbox import MENU_CHANGED
 
 # Writers bump the epoch after commit; a cached list filled under an older epoch is a miss.
 # That closes the race where a slow reader fills the cache with rows from before a write.
@@ -23,11 +28,14 @@ CACHE_KEY = "menu-items:lists"
 INVALIDATION_CHANNEL = "menu-items:invalidate"
 EPOCH_FIELD = b"epoch"
 # Store a list only if no write happened since its rows were read (the epoch is unchanged).
+# The hash's TTL is set by the first fill only (EXPIRE NX), never extended: every list in it,
+# and every field of an older epoch, is gone at most ZAPORA_MENU_CACHE_TTL_SECONDS after that
+# fill, even under steady traffic, so a change made outside the API (SQL, restore) shows.
 _FILL_IF_CURRENT = """
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
 if current == ARGV[3] then
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[5], 'NX')
   return 1
 end
 return 0
@@ -96,6 +104,8 @@ class MenuService:
 
     async def delete_menu(self, actor: Actor, origin: Origin, menu_id: UUID) -> None:
         async with self.infra.db.transaction() as conn:
+            if await repo.menu_has_items(conn, menu_id):
+                raise Conflict("The menu still has items; delete or move them first.")
             if not await repo.delete_row(conn, "menus", menu_id):
                 raise NotFound("Menu not found.")
             await self._audit(conn, actor, origin, "menu.deleted", "menu", menu_id)
@@ -107,15 +117,39 @@ class MenuService:
             [page.limit, page.offset, str(flt.menu_id), flt.available, flt.q]
         ).encode()
         # One round trip: the epoch lives in the same hash as the cached lists.
-        values: list[bytes | None] = await self.infra.redis.hmget(  # type: ignore[assignment]
-            CACHE_KEY, [EPOCH_FIELD, field]
-        )
+        try:
+            values: list[bytes | None] = await self.infra.redis.hmget(  # type: ignore[assignment]
+                CACHE_KEY, [EPOCH_FIELD, field]
+            )
+        except UNAVAILABLE as exc:
+            # Redis is away: serve from PostgreSQL, uncached.
+            DEGRADED.labels("redis", "menu_item_list").inc()
+            logger.warning("menu-item list served uncached: {}", exc)
+            return await self._read_list(page, flt)
         epoch_raw, cached = values
         epoch = epoch_raw or b"0"
         if cached is not None:
             cached_epoch, cached_etag, cached_body = cached.split(b"\n", 2)
             if cached_epoch == epoch:
                 return CachedList(cached_body, cached_etag.decode())
+        fresh = await self._read_list(page, flt)
+        try:
+            await self.infra.redis.eval(
+                _FILL_IF_CURRENT,
+                1,
+                CACHE_KEY,
+                EPOCH_FIELD,
+                field,
+                epoch,
+                epoch + b"\n" + fresh.etag.encode() + b"\n" + fresh.body,
+                self.infra.settings.menu_cache_ttl_seconds,
+            )
+        except UNAVAILABLE as exc:
+            DEGRADED.labels("redis", "menu_item_fill").inc()
+            logger.warning("menu-item list not cached: {}", exc)
+        return fresh
+
+    async def _read_list(self, page: Page, flt: ItemFilter) -> CachedList:
         # Misses read the primary so the cache never holds rows a replica has not caught up on.
         async with self.infra.db.reader(fresh=True) as conn:
             rows, total = await repo.items_page(
@@ -127,16 +161,6 @@ class MenuService:
             separators=(",", ":"),
         ).encode()
         etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-        await self.infra.redis.eval(
-            _FILL_IF_CURRENT,
-            1,
-            CACHE_KEY,
-            EPOCH_FIELD,
-            field,
-            epoch,
-            epoch + b"\n" + etag.encode() + b"\n" + body,
-            self.infra.settings.menu_cache_ttl_seconds,
-        )
         return CachedList(body, etag)
 
     async def get_item(self, item_id: UUID, fresh: bool) -> Row:
@@ -152,7 +176,7 @@ class MenuService:
                 row = await repo.insert_item(conn, values)
                 await self._audit(conn, actor, origin, "menu_item.created", "menu_item", row["id"])
         except psycopg.errors.ForeignKeyViolation as exc:
-            raise Invalid("The menu does not exist.") from exc
+            raise Conflict("The menu does not exist.") from exc
         await self._after_write(actor)
         return row
 
@@ -173,7 +197,7 @@ class MenuService:
                     conn, actor, origin, "menu_item.updated", "menu_item", item_id, changes
                 )
         except psycopg.errors.ForeignKeyViolation as exc:
-            raise Invalid("The menu does not exist.") from exc
+            raise Conflict("The menu does not exist.") from exc
         await self._after_write(actor)
         return row
 
@@ -203,8 +227,17 @@ class MenuService:
             details={k: str(v) for k, v in (changes or {}).items()},
             conn=conn,
         )
+        # Every menu write runs through here inside its transaction: the outbox row makes the
+        # cache invalidation as durable as the change (the worker relays it).
+        await outbox.add(conn, MENU_CHANGED, str(target_id), {"action": action})
 
     async def _after_write(self, actor: Actor) -> None:
-        await self.infra.redis.hincrby(CACHE_KEY, EPOCH_FIELD, 1)
-        await self.local.invalidate_everywhere()
+        """Invalidate at once (best effort); the outbox row guarantees it if Redis is away."""
+        self.local.invalidate_locally()
+        try:
+            await self.infra.redis.hincrby(CACHE_KEY, EPOCH_FIELD, 1)
+            await self.infra.redis.publish(INVALIDATION_CHANNEL, b"invalidate")
+        except UNAVAILABLE as exc:
+            DEGRADED.labels("redis", "menu_invalidation").inc()
+            logger.warning("menu cache invalidation deferred to the outbox relay: {}", exc)
         await self.infra.mark_fresh(actor.id)

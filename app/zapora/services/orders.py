@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from loguru import logger
-
 from zapora.infra.db import Conn, Row
 from zapora.infra.metrics import ORDERS_CREATED, REVENUE_MINOR
 from zapora.repositories import menus as menus_repo
 from zapora.repositories import orders as repo
+from zapora.repositories import outbox
 from zapora.services.audit import AuditService
-from zapora.services.common import Actor, Conflict, Invalid, NotFound, Origin, Page
+from zapora.services.common import Actor, Conflict, NotFound, Origin, Page
 from zapora.services.context import Infra
+from zapora.services.outbox import ORDER_EVENT
 
 NEXT_STATUS = {
     "pending": "confirmed",
@@ -70,9 +70,8 @@ class OrderService:
         idempotency_key: str | None,
     ) -> tuple[int, dict[str, Any]]:
         """Returns (status code, order); a replayed key returns the first response."""
-        ids = [item_id for item_id, _ in items]
-        if len(set(ids)) != len(ids):
-            raise Invalid("Each menu item may appear only once; use quantity.")
+        # An item may appear on several lines (each line's quantity is 1..50), as the schema
+        # allows; lines stay as sent.
         fingerprint = request_fingerprint(items, notes)
         async with self.infra.db.transaction() as conn:
             if idempotency_key is not None:
@@ -82,6 +81,7 @@ class OrderService:
                 if not claimed:
                     return await self._replay(conn, actor, idempotency_key, fingerprint)
             body = await self._insert(conn, actor, items, notes)
+            await self._event(conn, body, "order.created")
             if actor.is_staff:
                 await self.audit.record(
                     "order.created",
@@ -95,7 +95,6 @@ class OrderService:
                 await repo.store_idempotent_response(conn, actor.id, idempotency_key, 201, body)
         ORDERS_CREATED.labels(body["currency"]).inc()
         REVENUE_MINOR.labels(body["currency"]).inc(body["total_minor"])
-        await self._publish(body, "order.created")
         await self.infra.mark_fresh(actor.id)
         return 201, body
 
@@ -106,7 +105,7 @@ class OrderService:
         if record is None or record["response_body"] is None:
             raise Conflict("A request with this Idempotency-Key is still in progress.")
         if record["request_hash"] != fingerprint:
-            raise Invalid("This Idempotency-Key was already used with a different request body.")
+            raise Conflict("This Idempotency-Key was already used with a different request body.")
         return int(record["response_status"]), dict(record["response_body"])
 
     async def _insert(
@@ -119,7 +118,7 @@ class OrderService:
         for item_id, quantity in items:
             row = menu_rows.get(item_id)
             if row is None or not row["available"]:
-                raise Invalid(f"Menu item {item_id} is unknown or not available.")
+                raise Conflict(f"Menu item {item_id} is unknown or not available.")
             currencies.add(row["currency"])
             lines.append(
                 {
@@ -130,7 +129,7 @@ class OrderService:
                 }
             )
         if len(currencies) != 1:
-            raise Invalid("All items of an order must be priced in one currency.")
+            raise Conflict("All items of an order must be priced in one currency.")
         total = sum(line["quantity"] * line["unit_price_minor"] for line in lines)
         order = await repo.insert(conn, actor.id, total, currencies.pop(), notes)
         await repo.insert_lines(conn, order["id"], lines)
@@ -183,6 +182,7 @@ class OrderService:
     ) -> dict[str, Any]:
         updated = await repo.set_status(conn, row["id"], status)
         assert updated is not None
+        await self._event(conn, updated, "order.status_changed")
         if actor.is_staff:
             await self.audit.record(
                 action,
@@ -197,24 +197,20 @@ class OrderService:
         return order_json(updated, lines.get(row["id"], []))
 
     async def _after_change(self, actor: Actor, body: dict[str, Any]) -> None:
-        await self._publish(body, "order.status_changed")
         await self.infra.mark_fresh(actor.id)
 
-    async def _publish(self, body: dict[str, Any], event: str) -> None:
-        # After commit: a consumer never sees an event for a change that rolled back. If Redis
-        # is down at this instant the event is lost; the order row stays the source of truth.
-        try:
-            await self.infra.redis.xadd(
-                self.infra.settings.order_stream,
-                {
-                    "event": event,
-                    "order_id": body["id"],
-                    "status": body["status"],
-                    "version": str(body["version"]),
-                    "occurred_at": datetime.now(UTC).isoformat(),
-                },
-                maxlen=1_000_000,
-                approximate=True,
-            )
-        except Exception:  # noqa: BLE001 - the write is committed; a lost event is logged
-            logger.exception("could not publish {} for order {}", event, body["id"])
+    async def _event(self, conn: Conn, order: dict[str, Any], event: str) -> None:
+        # In the change's transaction: the worker relays it to the stream (services.outbox),
+        # so a committed change always gets its event and a rolled-back one never does.
+        await outbox.add(
+            conn,
+            ORDER_EVENT,
+            str(order["id"]),
+            {
+                "event": event,
+                "order_id": str(order["id"]),
+                "status": order["status"],
+                "version": str(order["version"]),
+                "occurred_at": datetime.now(UTC).isoformat(),
+            },
+        )

@@ -35,16 +35,18 @@ class UserService:
         role: Role | None,
         is_active: bool | None,
     ) -> Row:
-        if role is not None and user_id == actor.id:
+        # Nobody changes their own role or deactivates themselves: the last admin could lock
+        # everyone out.
+        if user_id == actor.id and (role is not None or is_active is False):
             await self.audit.record(
                 "permission.denied",
                 actor_id=actor.id,
                 origin=origin,
                 target_type="user",
                 target_id=user_id,
-                details={"reason": "own role change"},
+                details={"reason": "own role change" if role is not None else "own deactivation"},
             )
-            raise Forbidden("You cannot change your own role.")
+            raise Forbidden("You cannot change your own role or deactivate yourself.")
         changes: dict[str, object] = {}
         if role is not None:
             changes["role"] = str(role)

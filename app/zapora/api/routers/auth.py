@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from zapora.api.deps import CurrentActor, OriginDep, ServicesDep
+from zapora.api.openapi import errors
 from zapora.api.schemas import LoginIn, RefreshIn, RegisterIn, TokenOut, UserOut
 from zapora.api.strict_json import StrictJSONRoute, strict_loads
 from zapora.services.auth import TokenPair
@@ -22,7 +23,10 @@ _LOGIN_BODY: dict[str, Any] = {
             "application/x-www-form-urlencoded": {
                 "schema": {
                     "type": "object",
-                    "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+                    "properties": {
+                        "username": {"type": "string", "minLength": 1, "maxLength": 254},
+                        "password": {"type": "string", "maxLength": 1024},
+                    },
                     "required": ["username", "password"],
                 }
             },
@@ -40,7 +44,12 @@ def _pair(pair: TokenPair) -> TokenOut:
     )
 
 
-@router.post("/register", status_code=201, response_model=UserOut)
+@router.post(
+    "/register",
+    status_code=201,
+    response_model=UserOut,
+    responses=errors(409, s409="This e-mail address is already registered."),
+)
 async def register(body: RegisterIn, services: ServicesDep) -> Any:
     return await services.auth.register(body.email, body.password, body.full_name, Role.customer)
 
@@ -60,13 +69,29 @@ async def _login_body(request: Request) -> LoginIn:
         ) from exc
 
 
-@router.post("/login", response_model=TokenOut, openapi_extra=_LOGIN_BODY)
+@router.post(
+    "/login",
+    response_model=TokenOut,
+    openapi_extra=_LOGIN_BODY,
+    responses=errors(
+        401,
+        403,
+        429,
+        s401="Incorrect e-mail or password.",
+        s403="The account is deactivated.",
+        s429="Too many failed sign-in attempts for this account or client address.",
+    ),
+)
 async def login(request: Request, services: ServicesDep, origin: OriginDep) -> TokenOut:
     body = await _login_body(request)
     return _pair(await services.auth.login(body.email, body.password, origin))
 
 
-@router.post("/refresh", response_model=TokenOut)
+@router.post(
+    "/refresh",
+    response_model=TokenOut,
+    responses=errors(401, s401="The refresh token is invalid, expired, revoked or reused."),
+)
 async def refresh(body: RefreshIn, services: ServicesDep, origin: OriginDep) -> TokenOut:
     return _pair(await services.auth.refresh(body.refresh_token, origin))
 

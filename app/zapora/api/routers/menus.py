@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zapora.api.deps import FreshReads, OriginDep, PageDep, ServicesDep, StaffActor
 from zapora.api.fast_path import cached_list_response
+from zapora.api.openapi import errors
 from zapora.api.schemas import (
     MenuIn,
     MenuItemIn,
@@ -47,7 +48,12 @@ _ITEM_QUERY_DOC: dict[str, Any] = {
 # The hottest read, so it is the first route matched. Its query is validated by one pydantic
 # model instead of FastAPI's per-parameter dependency machinery, which costs more than the
 # Redis round trip did.
-@router.get("/menu-items", response_model=PageOut[MenuItemOut], openapi_extra=_ITEM_QUERY_DOC)
+@router.get(
+    "/menu-items",
+    response_model=PageOut[MenuItemOut],
+    openapi_extra=_ITEM_QUERY_DOC,
+    responses={304: {"description": "Not modified: the `If-None-Match` ETag is current."}},
+)
 async def list_menu_items(request: Request) -> Response:
     try:
         query = MenuItemQuery.model_validate(dict(request.query_params))
@@ -92,7 +98,11 @@ async def update_menu(
     return await services.menus.update_menu(actor, origin, menu_id, changes)
 
 
-@router.delete("/menus/{menu_id}", status_code=204)
+@router.delete(
+    "/menus/{menu_id}",
+    status_code=204,
+    responses=errors(409, s409="The menu still has items; delete or move them first."),
+)
 async def delete_menu(
     menu_id: UUID, actor: StaffActor, services: ServicesDep, origin: OriginDep
 ) -> Response:
@@ -105,14 +115,17 @@ async def get_menu_item(item_id: UUID, services: ServicesDep, fresh: FreshReads)
     return await services.menus.get_item(item_id, fresh)
 
 
-@router.post("/menu-items", status_code=201, response_model=MenuItemOut)
+_NO_MENU = errors(409, s409="The menu named by `menu_id` does not exist.")
+
+
+@router.post("/menu-items", status_code=201, response_model=MenuItemOut, responses=_NO_MENU)
 async def create_menu_item(
     body: MenuItemIn, actor: StaffActor, services: ServicesDep, origin: OriginDep
 ) -> Any:
     return await services.menus.create_item(actor, origin, body.model_dump())
 
 
-@router.patch("/menu-items/{item_id}", response_model=MenuItemOut)
+@router.patch("/menu-items/{item_id}", response_model=MenuItemOut, responses=_NO_MENU)
 async def update_menu_item(
     item_id: UUID, body: MenuItemPatch, actor: StaffActor, services: ServicesDep, origin: OriginDep
 ) -> Any:

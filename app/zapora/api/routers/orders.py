@@ -7,6 +7,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
 from zapora.api.deps import CurrentActor, FreshReads, OriginDep, PageDep, ServicesDep, StaffActor
+from zapora.api.openapi import errors
 from zapora.api.schemas import OrderIn, OrderOut, OrderStatus, PageOut, StatusIn
 from zapora.api.strict_json import StrictJSONRoute
 
@@ -18,7 +19,20 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=201, response_model=OrderOut)
+@router.post(
+    "",
+    status_code=201,
+    response_model=OrderOut,
+    responses={
+        201: {"description": "Created; a retry with the same Idempotency-Key gets it again."},
+        **errors(
+            409,
+            s409="A menu item is unknown or not available, items are priced in different "
+            "currencies, or this Idempotency-Key is still in progress or was used with a "
+            "different body.",
+        ),
+    },
+)
 async def create_order(
     body: OrderIn,
     actor: CurrentActor,
@@ -50,14 +64,22 @@ async def get_order(
     return await services.orders.get(actor, order_id, fresh)
 
 
-@router.patch("/{order_id}/status", response_model=OrderOut)
+@router.patch(
+    "/{order_id}/status",
+    response_model=OrderOut,
+    responses=errors(409, s409="The order cannot move to this status from its current one."),
+)
 async def change_status(
     order_id: UUID, body: StatusIn, actor: StaffActor, services: ServicesDep, origin: OriginDep
 ) -> Any:
     return await services.orders.advance(actor, origin, order_id, body.status)
 
 
-@router.post("/{order_id}/cancel", response_model=OrderOut)
+@router.post(
+    "/{order_id}/cancel",
+    response_model=OrderOut,
+    responses=errors(409, s409="The order can no longer be cancelled by this caller."),
+)
 async def cancel_order(
     order_id: UUID, actor: CurrentActor, services: ServicesDep, origin: OriginDep
 ) -> Any:

@@ -6,6 +6,7 @@ from uuid import UUID
 from fastapi import APIRouter
 
 from zapora.api.deps import AdminActor, CurrentActor, OriginDep, PageDep, ServicesDep
+from zapora.api.openapi import errors
 from zapora.api.schemas import PageOut, UserOut, UserPatch
 from zapora.api.strict_json import StrictJSONRoute
 
@@ -23,7 +24,14 @@ async def list_users(actor: AdminActor, services: ServicesDep, page: PageDep) ->
     return {"items": rows, "total": total, "limit": page.limit, "offset": page.offset}
 
 
-@router.patch("/{user_id}", response_model=UserOut)
+@router.patch(
+    # `:uuid` so that PATCH /users/me is an unknown method (405), not a bad id (422).
+    "/{user_id:uuid}",
+    response_model=UserOut,
+    responses=errors(
+        403, s403="Not an admin, or an admin changing their own role or deactivating themselves."
+    ),
+)
 async def update_user(
     user_id: UUID, body: UserPatch, actor: AdminActor, services: ServicesDep, origin: OriginDep
 ) -> Any:

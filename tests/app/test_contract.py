@@ -1,0 +1,120 @@
+"""The OpenAPI document describes what the API does: Schemathesis runs every check it has
+(status codes, content types, headers, response schemas, positive data accepted, negative data
+rejected, auth enforced, deleted resources gone, ...) against `zapora serve` with two workers
+on the real PostgreSQL and Redis, as an admin. `/auth/logout` is excluded: it would revoke
+the token the run uses. The run is bounded (examples per operation, wall-clock timeout) and
+seeded, so it is repeatable; ZAPORA_CONTRACT_MAX_EXAMPLES raises the depth for a long run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from . import servers as srv
+from .conftest import Catalog, People
+from .test_server import start_gunicorn
+
+MAX_EXAMPLES = int(os.environ.get("ZAPORA_CONTRACT_MAX_EXAMPLES", "25"))
+MAX_TIME_SECONDS = int(os.environ.get("ZAPORA_CONTRACT_MAX_TIME", "90"))
+
+
+def _st() -> str:
+    return str(Path(sys.executable).with_name("st"))
+
+
+def test_openapi_contract_holds(
+    servers: srv.Servers,
+    secret_file: Path,
+    tmp_path: Path,
+    client: TestClient,
+    people: People,
+    catalog: Catalog,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    # The per-user write limit would answer most of the run's writes 429 (documented, but it
+    # hides the success paths); the limit itself is tested in test_degradation.py.
+    url, proc = start_gunicorn(
+        servers, secret_file, tmp_path, ZAPORA_USER_WRITE_LIMIT_PER_MINUTE="100000"
+    )
+    try:
+        token = people.admin.tokens["access_token"]
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                _st(),
+                "run",
+                f"{url}/openapi.json",
+                "--checks",
+                "all",
+                "--header",
+                f"Authorization: Bearer {token}",
+                "--exclude-path",
+                "/auth/logout",
+                "--max-examples",
+                str(MAX_EXAMPLES),
+                "--seed",
+                "20261125",
+                "--request-timeout",
+                "20",
+                "--no-color",
+                "--max-time",
+                str(MAX_TIME_SECONDS),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=MAX_TIME_SECONDS + 60,
+            env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+            check=False,
+        )
+        elapsed = time.monotonic() - started
+        output = result.stdout + result.stderr
+        print(output)
+        print(f"schemathesis: exit {result.returncode} in {elapsed:.0f} s")
+        assert result.returncode == 0, output[-6000:]
+        # The run really exercised the API, as the admin, beyond 4xx answers.
+        assert "operations" in output.lower()
+        assert db.execute("SELECT count(*) AS n FROM users").fetchone()["n"] >= 4  # type: ignore[index]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "/menus"), ("get", "/menus/{menu_id}"), ("get", "/menu-items/{item_id}")],
+)
+def test_public_reads_need_no_token(client: TestClient, method: str, path: str) -> None:
+    doc = client.get("/openapi.json").json()
+    operation = doc["paths"][path][method]
+    assert "security" not in operation
+    assert "401" not in operation["responses"]
+
+
+def test_every_error_is_documented_as_problem_json(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    assert "Problem" in doc["components"]["schemas"]
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            codes = set(operation["responses"])
+            assert "503" in codes, (method, path)
+            if operation.get("security"):
+                assert "401" in codes, (method, path)
+            for code, response in operation["responses"].items():
+                if int(code) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (code, path)
+
+
+def test_password_rules_are_in_the_schema(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    password = doc["components"]["schemas"]["RegisterIn"]["properties"]["password"]
+    assert password["minLength"] == 10
+    assert password["maxLength"] == 72

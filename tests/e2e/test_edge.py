@@ -1,0 +1,104 @@
+"""The edge (nginx role) on the lab, from the controller: 127.0.0.1:8443 is edge1's 443,
+127.0.0.1:8080 its 80 (inventory/lab/hosts.yml). The API may not be deployed yet, so
+requests that reach the upstreams may answer 502; the edge's own behaviour is what is
+checked. The rate-limit test waits for the bucket to drain before it returns, so later
+tests are not throttled."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import time
+
+import pytest
+
+from tests.e2e.conftest import REPO, Lab
+
+pytestmark = pytest.mark.e2e
+
+HTTPS = ("127.0.0.1", 8443)
+CA = REPO / ".lab" / "secrets" / "edge-ca" / "ca.crt"
+HEADERS = (
+    "strict-transport-security",
+    "content-security-policy",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "permissions-policy",
+    "cross-origin-opener-policy",
+    "cross-origin-resource-policy",
+    "cache-control",
+    "x-request-id",
+)
+
+
+def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    ctx = ssl.create_default_context(cafile=str(CA))
+    ctx.check_hostname = False
+    conn = http.client.HTTPSConnection(*HTTPS, context=ctx, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def handshake(version: ssl.TLSVersion) -> bool:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.minimum_version = ctx.maximum_version = version
+    try:
+        with socket.create_connection(HTTPS, timeout=5) as raw, ctx.wrap_socket(raw):
+            return True
+    except (ssl.SSLError, OSError):
+        return False
+
+
+def test_http_redirects_to_the_published_https_port() -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
+    conn.request("GET", "/menus?limit=1")
+    resp = conn.getresponse()
+    assert resp.status == 301
+    assert resp.getheader("Location") == "https://127.0.0.1:8443/menus?limit=1"
+
+
+def test_tls_versions_and_the_internal_ca() -> None:
+    assert CA.exists(), f"{CA} missing: the nginx role makes it on the controller"
+    assert not handshake(ssl.TLSVersion.TLSv1_1)
+    assert handshake(ssl.TLSVersion.TLSv1_2)
+    assert handshake(ssl.TLSVersion.TLSv1_3)
+
+
+def test_security_headers_on_an_error_response() -> None:
+    status, headers = get("/metrics")  # answered 404 by the edge itself
+    assert status == 404
+    missing = [h for h in HEADERS if h not in headers]
+    assert not missing, f"missing headers: {missing}"
+    assert headers["content-type"] == "application/problem+json"
+    assert headers.get("server") == "nginx"
+
+
+def test_admin_ui_asks_the_allowlisted_controller_for_a_password() -> None:
+    status, headers = get("/prometheus/")
+    assert status == 401
+    assert "www-authenticate" in headers
+
+
+def test_active_colour_file_exists(lab: Lab) -> None:
+    out = lab.ssh("edge1", "cat /etc/nginx/zapora/active-colour.conf").stdout
+    assert "set $zapora_active_colour" in out
+
+
+def test_rate_limit_then_the_bucket_drains() -> None:
+    statuses = [get("/metrics")[0] for _ in range(120)]
+    limited = statuses.count(429)
+    assert limited >= 20, f"{limited} x 429 of 120"
+    # A forged X-Forwarded-For does not open another bucket.
+    assert get("/metrics", {"X-Forwarded-For": "203.0.113.9"})[0] == 429
+    time.sleep(15)  # 100/min refills the 20-request burst in 12 s
+    assert get("/metrics")[0] == 404
