@@ -34,7 +34,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import API_URL, _inventory, run_playbook  # noqa: E402
+from tests.e2e.conftest import API_URL, _inventory, edge_tls, run_playbook  # noqa: E402
 
 DEPLOYS = int(os.environ.get("BENCH_DEPLOYS", "20"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "4"))
@@ -55,7 +55,7 @@ class Load:
 
     def _run(self) -> None:
         deadline = time.monotonic() + LIMIT_S
-        with httpx.Client(base_url=API_URL, verify=False, timeout=10) as c:
+        with httpx.Client(base_url=API_URL, verify=edge_tls(), timeout=10) as c:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 start = time.time()
                 t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -143,6 +144,14 @@ def lab() -> Lab:
 
 API_URL = "https://127.0.0.1:8443"
 SECRETS = REPO / ".lab" / "secrets"
+# The lab edge's certificate is signed by this CA (nginx role, tls_internal_ca).
+EDGE_CA = SECRETS / "edge-ca" / "ca.crt"
+
+
+def edge_tls() -> ssl.SSLContext:
+    """TLS settings that verify the lab edge's certificate (its SANs include 127.0.0.1)."""
+    assert EDGE_CA.exists(), f"{EDGE_CA} is missing: the edge has not run (run `make lab`)"
+    return ssl.create_default_context(cafile=str(EDGE_CA))
 
 
 def run_playbook(

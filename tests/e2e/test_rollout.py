@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_URL, Lab, app_state, lab_secret, run_playbook
+from tests.e2e.conftest import API_URL, Lab, app_state, edge_tls, lab_secret, run_playbook
 
 pytestmark = pytest.mark.e2e
 
@@ -30,9 +30,7 @@ FAST = ("app_watch_seconds=8", "app_drain_seconds=3", "app_ready_timeout=40")
 
 
 def client() -> httpx.Client:
-    # The lab's edge certificate is self-signed for the lab: TLS is checked by the edge's
-    # own tests; here the route through it is what matters.
-    return httpx.Client(base_url=API_URL, verify=False, timeout=10)
+    return httpx.Client(base_url=API_URL, verify=edge_tls(), timeout=10)
 
 
 def active(lab: Lab) -> tuple[str, str]:
