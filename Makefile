@@ -26,7 +26,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e lock bench clean
+        test-role test-e2e lock bench bench-rollout clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,9 +41,10 @@ image: setup  ## build the Debian 13 systemd base image if its recipe changed
 	@images/base/build.sh >/dev/null
 	@echo ">> base image $(ZAPORA_BASE_IMAGE)"
 
-lab: image  ## bring the whole appliance up on the local lab and print its URLs
+lab: image  ## bring the whole appliance up on the local lab, deploy the checkout, print its URLs
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-up.yml
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/site.yml
+	ansible-playbook -i $(LAB_INVENTORY) playbooks/deploy.yml
 	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-status.yml
 
 lab-up: image  ## start the lab's hosts only (no site.yml)
@@ -105,3 +106,6 @@ lock:  ## regenerate requirements/*.txt (pins and hashes, no index URLs) from py
 
 bench: setup-test  ## API benchmarks (prints req/s, p50, p99)
 	python bench/run.py
+
+bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
+	python bench/rollout.py

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -139,3 +140,40 @@ def lab() -> Lab:
         "Run `make lab` first."
     )
     return result
+
+
+API_URL = "https://127.0.0.1:8443"
+SECRETS = REPO / ".lab" / "secrets"
+# The lab edge's certificate is signed by this CA (nginx role, tls_internal_ca).
+EDGE_CA = SECRETS / "edge-ca" / "ca.crt"
+
+
+def edge_tls() -> ssl.SSLContext:
+    """TLS settings that verify the lab edge's certificate (its SANs include 127.0.0.1)."""
+    assert EDGE_CA.exists(), f"{EDGE_CA} is missing: the edge has not run (run `make lab`)"
+    return ssl.create_default_context(cafile=str(EDGE_CA))
+
+
+def run_playbook(
+    name: str, *extra_vars: str, timeout: int = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run playbooks/<name> against the lab (never raises: callers check rc and output)."""
+    args = [venv_tool("ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / name)]
+    for var in extra_vars:
+        args += ["-e", var]
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
+    )
+
+
+def app_state(lab: Lab, host: str) -> dict[str, object]:
+    """The deploy state of one app host (active colour, release of each colour)."""
+    out = lab.ssh(host, "cat /var/lib/zapora/rollout/state.json").stdout
+    state: dict[str, object] = json.loads(out)
+    return state
+
+
+def lab_secret(name: str) -> str:
+    path = SECRETS / name
+    assert path.exists(), f"{path} is missing: the lab has not generated it (run `make lab`)"
+    return path.read_text().strip()
