@@ -26,7 +26,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e lock bench bench-rollout clean
+        test-role test-e2e test-e2e-suite lock bench bench-rollout clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -78,24 +78,41 @@ test-role: image  ## molecule test for one role: make test-role ROLE=name
 	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<name>; roles with scenarios: $(ROLES_WITH_SCENARIOS)"; exit 2; }
 	cd roles/$(ROLE) && molecule test
 
-# Scenarios run side by side (each has its own containers and network); 2 fit 2 cores.
-MOLECULE_JOBS ?= 2
+# Scenarios run side by side (each has its own containers and network); much of their time
+# is apt, SSH and waiting, so 3 at a time fit 2 cores.
+MOLECULE_JOBS ?= 3
 test-roles: image  ## molecule test for every role with a scenario (MOLECULE_JOBS at a time)
 	@test -n "$(ROLES_WITH_SCENARIOS)" || { echo "ERROR: no role has a molecule scenario: test-roles ran nothing"; exit 1; }
 	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt
 	@printf '%s\n' $(ROLES_WITH_SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-role.sh {} $(RESULTS)
 
-test-e2e: lab  ## the end-to-end suite against the running lab
+test-e2e-suite: setup  ## the end-to-end tests only, against the lab as it runs now
 	$(call pytest,e2e,-m e2e tests/e2e)
 
-test:  ## every test: lint, unit, app, molecule, end-to-end; then a summary line
-	@rm -rf $(RESULTS); rc=0; \
-	for t in lint test-unit test-rules test-app test-roles test-e2e; do \
-	  echo "==== make $$t"; start=$$(date +%s); \
-	  if $(MAKE) --no-print-directory $$t; then s=ok; else s=FAILED; rc=1; fi; \
-	  echo "==== make $$t: $$s in $$(( $$(date +%s) - start )) s"; \
-	  mkdir -p $(RESULTS); echo "$$t $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt; \
-	done; \
+test-e2e: lab  ## bring the lab up (make lab), then the end-to-end suite against it
+	$(call pytest,e2e,-m e2e tests/e2e)
+
+# One step of `make test`: runs `make TARGET`, records "TARGET ok|FAILED SECONDS".
+define step
+	echo "==== make $(1)"; start=$$(date +%s); \
+	if $(MAKE) --no-print-directory $(1); then s=ok; else s=FAILED; rc=1; fi; \
+	echo "==== make $(1): $$s in $$(( $$(date +%s) - start )) s"; \
+	mkdir -p $(RESULTS); echo "$(1) $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt
+endef
+
+test:  ## every test: lint, unit, rules, app, molecule (beside the lab coming up), end-to-end; a summary
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS); rc=0; \
+	for t in lint test-unit test-rules test-app; do $(call step,$$t); done; \
+	echo "==== make lab (in the background while molecule runs; log: $(RESULTS)/lab.log)"; \
+	( $(MAKE) --no-print-directory lab >$(RESULTS)/lab.log 2>&1; echo $$? >$(RESULTS)/lab.rc ) & lab_pid=$$!; \
+	$(call step,test-roles); \
+	wait $$lab_pid; \
+	if [ "$$(cat $(RESULTS)/lab.rc)" = 0 ]; then \
+	  echo "==== make lab: ok"; $(call step,test-e2e-suite); \
+	else \
+	  echo "==== make lab: FAILED; last lines of its log:"; tail -n 80 $(RESULTS)/lab.log; \
+	  echo "test-e2e FAILED 0" >>$(RESULTS)/targets.txt; rc=1; \
+	fi; \
 	python3 scripts/test-summary.py $(RESULTS) || rc=1; exit $$rc
 
 lock:  ## regenerate requirements/*.txt (pins and hashes, no index URLs) from pyproject.toml

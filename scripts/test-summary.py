@@ -14,7 +14,7 @@ results = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/test-results")
 passed = failed = skipped = 0
 failed_by_suite: dict[str, int] = {}
 # Tests each suite ran (JUnit files by name, molecule scenarios); lint reports none.
-ran: dict[str, int] = {"unit": 0, "app": 0, "molecule": 0, "e2e": 0}
+ran: dict[str, int] = {"unit": 0, "rules": 0, "app": 0, "molecule": 0, "e2e": 0}
 for junit in sorted(results.glob("*.xml")):
     root = ET.parse(junit).getroot()  # noqa: S314 (our own pytest output)
     suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
@@ -43,7 +43,9 @@ if targets.exists():
     for line in targets.read_text().splitlines():
         target, outcome, seconds = line.split()
         print(f"make {target}: {outcome} in {seconds} s")
-        suite = {"test-roles": "molecule"}.get(target, target.removeprefix("test-"))
+        suite = {"test-roles": "molecule", "test-e2e-suite": "e2e"}.get(
+            target, target.removeprefix("test-")
+        )
         if outcome != "ok" and not failed_by_suite.get(suite):
             # A step that failed before its tests could report (a lint error, a lab that
             # did not come up) still counts: the summary never reads green over a red run.
