@@ -26,7 +26,13 @@ async def readiness(infra: Infra) -> dict[str, str]:
     checks: dict[str, str] = {}
     try:
         async with infra.db.primary.connection(timeout=2) as conn:
-            row = await fetch_one(conn, "SELECT version_num FROM alembic_version")
+            # A fresh database has no alembic_version yet: reachable, schema not migrated.
+            present = await fetch_one(
+                conn, "SELECT to_regclass('alembic_version') IS NOT NULL AS present"
+            )
+            row = None
+            if present and present["present"]:
+                row = await fetch_one(conn, "SELECT version_num FROM alembic_version")
         revision = row["version_num"] if row else None
         checks["database"] = "ok"
         checks["migrations"] = schema_state(revision)
