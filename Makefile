@@ -26,7 +26,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite lock bench bench-rollout clean
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-rollout clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -86,10 +86,13 @@ test-roles: image  ## molecule test for every role with a scenario (MOLECULE_JOB
 	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt
 	@printf '%s\n' $(ROLES_WITH_SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-role.sh {} $(RESULTS)
 
-test-e2e-suite: setup  ## the end-to-end tests only, against the lab as it runs now
-	$(call pytest,e2e,-m e2e tests/e2e)
+test-e2e-suite: setup  ## the end-to-end tests only (without the slow ones), against the lab as it runs now
+	$(call pytest,e2e,-m "e2e and not slow" tests/e2e)
 
-test-e2e: lab  ## bring the lab up (make lab), then the end-to-end suite against it
+test-e2e: lab  ## bring the lab up (make lab), then the end-to-end suite against it (without the slow ones)
+	$(call pytest,e2e,-m "e2e and not slow" tests/e2e)
+
+test-e2e-full: lab  ## make lab, then every end-to-end test, the slow ones too (site.yml re-runs, extra deploys, failovers)
 	$(call pytest,e2e,-m e2e tests/e2e)
 
 # One step of `make test`: runs `make TARGET`, records "TARGET ok|FAILED SECONDS".

@@ -177,3 +177,16 @@ def lab_secret(name: str) -> str:
     path = SECRETS / name
     assert path.exists(), f"{path} is missing: the lab has not generated it (run `make lab`)"
     return path.read_text().strip()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Slow tests left out by `-m "not slow"` (make test) are listed in the summary."""
+    from tests.not_run import record
+
+    for item in items:
+        if item.get_closest_marker("slow"):
+            record(
+                f"e2e {item.nodeid}",
+                "slow (minutes each); `make test` keeps CI within its time budget, "
+                "`make test-e2e-full` runs it",
+            )
