@@ -118,3 +118,21 @@ def test_password_rules_are_in_the_schema(client: TestClient) -> None:
     password = doc["components"]["schemas"]["RegisterIn"]["properties"]["password"]
     assert password["minLength"] == 10
     assert password["maxLength"] == 72
+
+
+def test_login_form_fields_refuse_what_the_server_refuses(client: TestClient) -> None:
+    # Schemathesis found a form login with a NUL in the username that the document allowed and
+    # the server answered 422; the form fields must carry the JSON fields' constraints.
+    doc = client.get("/openapi.json").json()
+    content = doc["paths"]["/auth/login"]["post"]["requestBody"]["content"]
+    json_fields = content["application/json"]["schema"]["properties"]
+    form_fields = content["application/x-www-form-urlencoded"]["schema"]["properties"]
+    for form_name, json_name in (("username", "email"), ("password", "password")):
+        for key in ("pattern", "maxLength", "minLength"):
+            assert form_fields[form_name].get(key) == json_fields[json_name].get(key), (
+                form_name,
+                key,
+            )
+    r = client.post("/auth/login", data={"username": "a\x00b@example.com", "password": "x"})
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")

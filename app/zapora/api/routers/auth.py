@@ -15,17 +15,20 @@ from zapora.services.common import Invalid, Role
 
 router = APIRouter(prefix="/auth", tags=["auth"], route_class=StrictJSONRoute)
 
+_LOGIN_JSON: dict[str, Any] = LoginIn.model_json_schema()
+# The form fields carry the JSON fields' constraints (length, no NUL), taken from the one model
+# so the two bodies cannot drift apart.
 _LOGIN_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": LoginIn.model_json_schema()},
+            "application/json": {"schema": _LOGIN_JSON},
             "application/x-www-form-urlencoded": {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "username": {"type": "string", "minLength": 1, "maxLength": 254},
-                        "password": {"type": "string", "maxLength": 1024},
+                        "username": {**_LOGIN_JSON["properties"]["email"], "title": "Username"},
+                        "password": _LOGIN_JSON["properties"]["password"],
                     },
                     "required": ["username", "password"],
                 }
