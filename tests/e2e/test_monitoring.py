@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import REPO, Lab
+from tests.e2e.test_edge import get
 
 pytestmark = pytest.mark.e2e
 
@@ -34,11 +35,10 @@ DASHBOARDS = sorted(
 )
 WEBHOOK_PORT = 19093
 # Series that exist only after an event this lab does not produce on its own: a
-# rollout that failed, a backup or restore drill run, a listed certificate, edge
-# status counters. Their rules are unit-tested by promtool instead; this test prints
-# them as not evaluated here.
+# rollout that failed, a backup or restore drill run, a listed certificate. Their rules
+# are unit-tested by promtool instead; this test prints them as not evaluated here.
 EVENT_ONLY = re.compile(
-    r"^(zapora_rollout_failed|zapora_backup_.*|zapora_restore_drill_.*|zapora_tls_.*|zapora_edge_.*)$"
+    r"^(zapora_rollout_failed|zapora_backup_.*|zapora_restore_drill_.*|zapora_tls_.*)$"
 )
 PROMQL_WORDS = {
     "by",
@@ -118,6 +118,22 @@ def test_every_target_is_up() -> None:
         (t["labels"]["job"], t["scrapeUrl"], t["lastError"]) for t in targets if t["health"] != "up"
     ]
     assert not down, f"targets not up: {down}"
+
+
+def test_edge_status_counter_reaches_prometheus() -> None:
+    """Requests through edge1 (127.0.0.1:8443) are counted by mtail on edge1 and scraped
+    by Prometheus (job nginx-log): the 2xx count is above zero within two scrapes."""
+    statuses = [get("/health/live")[0] for _ in range(5)]
+    assert 200 in statuses, f"no 200 through the edge (is the API deployed?): {statuses}"
+    expr = 'sum by (host) (zapora_edge_http_responses_total{job="nginx-log", status=~"2.."})'
+    deadline = time.monotonic() + 60
+    while True:
+        result = {r["metric"].get("host"): float(r["value"][1]) for r in query(expr)}
+        if result.get("edge1", 0) > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    print(f"edge 2xx count in Prometheus: {result}; statuses sent: {statuses}")
+    assert result.get("edge1", 0) > 0, f"{expr} gave {result}"
 
 
 @pytest.mark.parametrize("source", ["rules", "dashboards"])
