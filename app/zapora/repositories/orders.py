@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -75,8 +76,15 @@ async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
 
 
 async def page(
-    conn: Conn, limit: int, offset: int, user_id: UUID | None, status: str | None
-) -> tuple[list[Row], int]:
+    conn: Conn,
+    limit: int,
+    offset: int,
+    after: tuple[datetime, UUID] | None,
+    user_id: UUID | None,
+    status: str | None,
+) -> list[Row]:
+    """Newest first; rows strictly after `after` (keyset), `offset` of them skipped. The order
+    matches the indexes of migration 0003, so a page reads only its own rows."""
     clauses: list[str] = []
     params: list[Any] = []
     if user_id is not None:
@@ -85,14 +93,16 @@ async def page(
     if status is not None:
         clauses.append("status = %s")
         params.append(status)
+    if after is not None:
+        clauses.append("(created_at, id) < (%s, %s)")
+        params.extend(after)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    total = await fetch_one(conn, f"SELECT count(*) AS n FROM orders {where}", params)
-    rows = await fetch_all(
+    return await fetch_all(
         conn,
-        f"SELECT {_COLUMNS} FROM orders {where} ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
+        f"SELECT {_COLUMNS} FROM orders {where}"
+        " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
         [*params, limit, offset],
     )
-    return rows, int(total["n"]) if total else 0
 
 
 async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
