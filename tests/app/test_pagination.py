@@ -220,8 +220,7 @@ def test_each_page_is_an_index_range_without_sort(
     who, filler = str(uuid.uuid4()), str(uuid.uuid4())
     for user in (who, filler):
         db.execute(
-            "INSERT INTO users (id, email, password_hash, full_name)"
-            " VALUES (%s, %s, 'x', 'Load')",
+            "INSERT INTO users (id, email, password_hash, full_name) VALUES (%s, %s, 'x', 'Load')",
             (user, f"{user}@example.com"),
         )
     if table == "orders":
