@@ -64,8 +64,10 @@ class AuditService:
     ) -> tuple[list[Row], str | None]:
         scope = f"audit:{actor_id or ''}:{action or ''}"
         start = pagination.after(self.infra.cursors, scope, window)
-        async with self.infra.db.reader(fresh=True) as conn:
-            found = await audit_repo.page(
+        found = await self.infra.db.read(
+            lambda conn: audit_repo.page(
                 conn, window.limit + 1, window.offset, start, actor_id, action
-            )
+            ),
+            fresh=True,
+        )
         return pagination.finish(self.infra.cursors, scope, window, found, "occurred_at")

@@ -144,15 +144,20 @@ class OrderService:
         # The cursor is bound to the caller's view and filter: reused elsewhere it is refused.
         scope = f"orders:{owner or '*'}:{status or ''}"
         start = pagination.after(self.infra.cursors, scope, window)
-        async with self.infra.db.reader(fresh=fresh) as conn:
+
+        async def read(conn: Conn) -> tuple[list[Row], str | None, dict[UUID, list[Row]]]:
             found = await repo.page(conn, window.limit + 1, window.offset, start, owner, status)
             rows, cursor = pagination.finish(self.infra.cursors, scope, window, found, "created_at")
             lines = await repo.lines(conn, [row["id"] for row in rows]) if rows else {}
+            return rows, cursor, lines
+
+        rows, cursor, lines = await self.infra.db.read(read, fresh=fresh)
         return [order_json(row, lines.get(row["id"], [])) for row in rows], cursor
 
     async def get(self, actor: Actor, order_id: UUID, fresh: bool) -> dict[str, Any]:
-        async with self.infra.db.reader(fresh=fresh) as conn:
-            row = await repo.get_with_lines(conn, order_id)
+        row = await self.infra.db.read(
+            lambda conn: repo.get_with_lines(conn, order_id), fresh=fresh
+        )
         # Someone else's order looks exactly like a missing one.
         if row is None or (not actor.is_staff and row["user_id"] != actor.id):
             raise NotFound("Order not found.")
