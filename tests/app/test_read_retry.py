@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -46,29 +47,35 @@ def _kill_blocked(db: psycopg.Connection[dict[str, Any]], fragment: str) -> int:
     raise AssertionError(f"no API query waiting on the lock ({fragment})")
 
 
+def _killed_mid_query(servers: Any, call: Callable[[], Any], release_first: bool) -> Any:
+    """Run `call` while our own session holds `orders`, so the API's query blocks inside the
+    server; terminate that backend mid-query. `release_first`: release the lock before
+    waiting for the answer (a retry then goes through)."""
+    dsn = servers.primary.dsn()
+    with psycopg.connect(dsn, row_factory=psycopg.rows.dict_row) as locker:
+        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(call)
+            with psycopg.connect(dsn, autocommit=True, row_factory=psycopg.rows.dict_row) as killer:
+                _kill_blocked(killer, "FROM orders WHERE id")
+            if release_first:
+                time.sleep(0.2)  # the API sees the error and retries; the retry waits too
+                locker.commit()
+            answer = pending.result(timeout=30)
+        locker.commit()
+    return answer
+
+
 def test_get_survives_its_backend_killed_mid_query(
-    client: TestClient,
-    people: People,
-    catalog: Catalog,
-    servers: Any,
+    client: TestClient, people: People, catalog: Catalog, servers: Any
 ) -> None:
     order_id = _order(client, people, catalog)
     before = _retries()
-    # Our own session holds the table, so the API's read blocks inside its query: the
-    # backend is terminated while that query runs.
-    with psycopg.connect(servers.primary.dsn(), row_factory=psycopg.rows.dict_row) as locker:
-        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(
-                client.get, f"/orders/{order_id}", headers=people.customer.headers
-            )
-            with psycopg.connect(
-                servers.primary.dsn(), autocommit=True, row_factory=psycopg.rows.dict_row
-            ) as killer:
-                _kill_blocked(killer, "FROM orders WHERE id")
-                time.sleep(0.2)  # the API sees the error and retries; the retry waits too
-                locker.commit()  # release: the retry goes through
-            r = pending.result(timeout=30)
+    r = _killed_mid_query(
+        servers,
+        lambda: client.get(f"/orders/{order_id}", headers=people.customer.headers),
+        release_first=True,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["id"] == order_id
     assert _retries() == before + 1
@@ -98,21 +105,13 @@ def test_write_is_not_repeated_when_its_backend_dies(
 ) -> None:
     order_id = _order(client, people, catalog)
     before = _retries()
-    with psycopg.connect(servers.primary.dsn(), row_factory=psycopg.rows.dict_row) as locker:
-        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(
-                client.patch,
-                f"/orders/{order_id}/status",
-                json={"status": "confirmed"},
-                headers=people.staff.headers,
-            )
-            with psycopg.connect(
-                servers.primary.dsn(), autocommit=True, row_factory=psycopg.rows.dict_row
-            ) as killer:
-                _kill_blocked(killer, "FROM orders WHERE id")
-            r = pending.result(timeout=30)
-        locker.commit()
+    r = _killed_mid_query(
+        servers,
+        lambda: client.patch(
+            f"/orders/{order_id}/status", json={"status": "confirmed"}, headers=people.staff.headers
+        ),
+        release_first=False,
+    )
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "5"
     assert _retries() == before

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from zapora.infra.db import Conn, Row, execute, fetch_all
+from zapora.repositories import keyset
 
 
 async def insert(conn: Conn, params: tuple[Any, ...]) -> None:
@@ -27,22 +28,10 @@ async def page(
     action: str | None,
 ) -> list[Row]:
     """Newest first, keyset like repositories.orders.page."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if actor_id is not None:
-        clauses.append("actor_id = %s")
-        params.append(actor_id)
-    if action is not None:
-        clauses.append("action = %s")
-        params.append(action)
-    if after is not None:
-        clauses.append("(occurred_at, id) < (%s, %s)")
-        params.extend(after)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    where, params = keyset.clauses({"actor_id": actor_id, "action": action}, "occurred_at", after)
     return await fetch_all(
         conn,
         "SELECT id, occurred_at, actor_id, action, target_type, target_id, client_ip,"
-        f" request_id, details FROM audit_events {where}"
-        " ORDER BY occurred_at DESC, id DESC LIMIT %s OFFSET %s",
+        f" request_id, details FROM audit_events {where} LIMIT %s OFFSET %s",
         [*params, limit, offset],
     )

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
+from zapora.repositories import keyset
 
 _COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
 
@@ -85,22 +86,10 @@ async def page(
 ) -> list[Row]:
     """Newest first; rows strictly after `after` (keyset), `offset` of them skipped. The order
     matches the indexes of migration 0003, so a page reads only its own rows."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if user_id is not None:
-        clauses.append("user_id = %s")
-        params.append(user_id)
-    if status is not None:
-        clauses.append("status = %s")
-        params.append(status)
-    if after is not None:
-        clauses.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    where, params = keyset.clauses({"user_id": user_id, "status": status}, "created_at", after)
     return await fetch_all(
         conn,
-        f"SELECT {_COLUMNS} FROM orders {where}"
-        " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
+        f"SELECT {_COLUMNS} FROM orders {where} LIMIT %s OFFSET %s",
         [*params, limit, offset],
     )
 
