@@ -26,7 +26,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-rollout clean
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -126,6 +126,9 @@ lock:  ## regenerate requirements/*.txt (pins and hashes, no index URLs) from py
 
 bench: setup-test  ## API benchmarks (prints req/s, p50, p99)
 	python bench/run.py
+
+bench-lists: setup-test  ## list latency (p50/p99) of orders and audit events at 10k, 100k, 1M rows
+	python bench/lists.py
 
 bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
 	python bench/rollout.py

@@ -156,7 +156,7 @@ def test_visibility_and_listing(client: TestClient, people: People, catalog: Cat
     assert client.get(f"/orders/{theirs['id']}", headers=people.customer.headers).status_code == 404
     assert client.get(f"/orders/{uuid.uuid4()}", headers=people.customer.headers).status_code == 404
     everything = client.get("/orders", headers=people.staff.headers).json()
-    assert everything["total"] == 2
+    assert len(everything["items"]) == 2 and everything["next_cursor"] is None
     client.patch(
         f"/orders/{mine['id']}/status", json={"status": "confirmed"}, headers=people.staff.headers
     )
@@ -240,6 +240,6 @@ def test_staff_orders_are_audited_customer_orders_are_not(
     events = client.get(
         "/audit-events", params={"action": "order.created"}, headers=people.admin.headers
     ).json()
-    assert events["total"] == 1
+    assert len(events["items"]) == 1
     assert events["items"][0]["target_id"] == staff_order["id"]
     assert events["items"][0]["actor_id"] == people.staff.id

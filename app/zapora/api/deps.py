@@ -17,6 +17,7 @@ from zapora.services.common import (
     Role,
     Unauthorized,
 )
+from zapora.services.pagination import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_OFFSET, Window
 from zapora.services.registry import Services
 
 _bearer = HTTPBearer(auto_error=False)
@@ -109,3 +110,31 @@ async def get_page(
 
 
 PageDep = Annotated[Page, Depends(get_page)]
+
+
+async def get_window(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CURSOR_MAX_LENGTH,
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of the previous page, as returned (opaque).",
+        ),
+    ] = None,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_OFFSET,
+            deprecated=True,
+            description="Rows to skip (after the cursor's position, if any). Kept for older "
+            "clients and bounded; page with `cursor` instead.",
+        ),
+    ] = 0,
+) -> Window:
+    return Window(limit=limit, cursor=cursor, offset=offset)
+
+
+WindowDep = Annotated[Window, Depends(get_window)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from loguru import logger
@@ -16,11 +16,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from zapora.infra.metrics import READ_RETRIES
 from zapora.infra.tracing import tracer
 
 Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
 Params = Sequence[Any] | dict[str, Any]
+T = TypeVar("T")
 
 
 def _still_open(conn: Conn) -> bool:
@@ -148,6 +150,29 @@ class Database:
             raise
         finally:
             await replica.putconn(conn)
+
+    async def read(self, work: Callable[[Conn], Awaitable[T]], *, fresh: bool = False) -> T:
+        """Run `work`, which only reads, on a `reader()` connection. If that connection is lost
+        under it (the server terminated the backend, restarted, failed over: the connection
+        is broken afterwards), run it once more on a fresh connection. A read has no effect to
+        repeat, so the client gets its answer instead of a 503. A query that merely failed
+        (statement timeout, bad data) on a live connection is not repeated."""
+        used: list[Conn] = []
+
+        async def tracked(conn: Conn) -> T:
+            used.append(conn)
+            return await work(conn)
+
+        try:
+            async with self.reader(fresh=fresh) as conn:
+                return await tracked(conn)
+        except psycopg.OperationalError as exc:
+            if not used or not (used[-1].broken or used[-1].closed):
+                raise
+            READ_RETRIES.inc()
+            logger.warning("connection lost during a read, retrying on a fresh one: {}", exc)
+        async with self.reader(fresh=fresh) as conn:
+            return await work(conn)
 
     @asynccontextmanager
     async def _on(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:

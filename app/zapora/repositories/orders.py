@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
+from zapora.repositories import keyset
 
 _COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
 
@@ -75,24 +77,21 @@ async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
 
 
 async def page(
-    conn: Conn, limit: int, offset: int, user_id: UUID | None, status: str | None
-) -> tuple[list[Row], int]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if user_id is not None:
-        clauses.append("user_id = %s")
-        params.append(user_id)
-    if status is not None:
-        clauses.append("status = %s")
-        params.append(status)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    total = await fetch_one(conn, f"SELECT count(*) AS n FROM orders {where}", params)
-    rows = await fetch_all(
+    conn: Conn,
+    limit: int,
+    offset: int,
+    after: tuple[datetime, UUID] | None,
+    user_id: UUID | None,
+    status: str | None,
+) -> list[Row]:
+    """Newest first; rows strictly after `after` (keyset), `offset` of them skipped. The order
+    matches the indexes of migration 0003, so a page reads only its own rows."""
+    where, params = keyset.clauses({"user_id": user_id, "status": status}, "created_at", after)
+    return await fetch_all(
         conn,
-        f"SELECT {_COLUMNS} FROM orders {where} ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
+        f"SELECT {_COLUMNS} FROM orders {where} LIMIT %s OFFSET %s",
         [*params, limit, offset],
     )
-    return rows, int(total["n"]) if total else 0
 
 
 async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:

@@ -110,8 +110,7 @@ class AuthService:
         client_key = f"auth:fail:ip:{origin.client_ip}"
         await self._refuse_if_locked(account_key, client_key)
 
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await users_repo.by_email(conn, email)
+        user = await self.infra.db.read(lambda conn: users_repo.by_email(conn, email), fresh=True)
         candidate = user["password_hash"] if user else self._dummy_hash
         ok = await to_thread.run_sync(verify_password, password, candidate)
         if user is None or not ok:
@@ -220,8 +219,7 @@ class AuthService:
                 details={"family": family},
             )
             raise Unauthorized(BAD_TOKEN)
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await users_repo.by_id(conn, claims.sub)
+        user = await self.infra.db.read(lambda conn: users_repo.by_id(conn, claims.sub), fresh=True)
         if user is None or not user["is_active"]:
             raise Unauthorized(BAD_TOKEN)
         return self._issue_pair(user["id"], family)
@@ -246,8 +244,10 @@ class AuthService:
             raise Unauthorized(BAD_TOKEN) from exc
         # Read on the primary on purpose: a deactivation, role change or revocation applies at
         # once. Revocations live in PostgreSQL, checked in this same query: no Redis needed.
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await tokens_repo.user_unless_revoked(conn, claims.sub, claims.jti, claims.fam)
+        user = await self.infra.db.read(
+            lambda conn: tokens_repo.user_unless_revoked(conn, claims.sub, claims.jti, claims.fam),
+            fresh=True,
+        )
         if user is None or user["revoked"] or not user["is_active"]:
             raise Unauthorized(BAD_TOKEN)
         actor = Actor(

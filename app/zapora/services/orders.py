@@ -13,10 +13,12 @@ from zapora.infra.metrics import ORDERS_CREATED, REVENUE_MINOR
 from zapora.repositories import menus as menus_repo
 from zapora.repositories import orders as repo
 from zapora.repositories import outbox
+from zapora.services import pagination
 from zapora.services.audit import AuditService
-from zapora.services.common import Actor, Conflict, NotFound, Origin, Page
+from zapora.services.common import Actor, Conflict, NotFound, Origin
 from zapora.services.context import Infra
 from zapora.services.outbox import ORDER_EVENT
+from zapora.services.pagination import Window
 
 NEXT_STATUS = {
     "pending": "confirmed",
@@ -136,17 +138,26 @@ class OrderService:
         return order_json(order, lines)
 
     async def list(
-        self, actor: Actor, page: Page, status: str | None, fresh: bool
-    ) -> tuple[list[dict[str, Any]], int]:
+        self, actor: Actor, window: Window, status: str | None, fresh: bool
+    ) -> tuple[list[dict[str, Any]], str | None]:
         owner = None if actor.is_staff else actor.id
-        async with self.infra.db.reader(fresh=fresh) as conn:
-            rows, total = await repo.page(conn, page.limit, page.offset, owner, status)
+        # The cursor is bound to the caller's view and filter: reused elsewhere it is refused.
+        scope = f"orders:{owner or '*'}:{status or ''}"
+        start = pagination.after(self.infra.cursors, scope, window)
+
+        async def read(conn: Conn) -> tuple[list[Row], str | None, dict[UUID, list[Row]]]:
+            found = await repo.page(conn, window.limit + 1, window.offset, start, owner, status)
+            rows, cursor = pagination.finish(self.infra.cursors, scope, window, found, "created_at")
             lines = await repo.lines(conn, [row["id"] for row in rows]) if rows else {}
-        return [order_json(row, lines.get(row["id"], [])) for row in rows], total
+            return rows, cursor, lines
+
+        rows, cursor, lines = await self.infra.db.read(read, fresh=fresh)
+        return [order_json(row, lines.get(row["id"], [])) for row in rows], cursor
 
     async def get(self, actor: Actor, order_id: UUID, fresh: bool) -> dict[str, Any]:
-        async with self.infra.db.reader(fresh=fresh) as conn:
-            row = await repo.get_with_lines(conn, order_id)
+        row = await self.infra.db.read(
+            lambda conn: repo.get_with_lines(conn, order_id), fresh=fresh
+        )
         # Someone else's order looks exactly like a missing one.
         if row is None or (not actor.is_staff and row["user_id"] != actor.id):
             raise NotFound("Order not found.")

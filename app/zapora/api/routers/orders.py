@@ -6,9 +6,16 @@ from uuid import UUID
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
-from zapora.api.deps import CurrentActor, FreshReads, OriginDep, PageDep, ServicesDep, StaffActor
-from zapora.api.openapi import errors
-from zapora.api.schemas import OrderIn, OrderOut, OrderStatus, PageOut, StatusIn
+from zapora.api.deps import (
+    CurrentActor,
+    FreshReads,
+    OriginDep,
+    ServicesDep,
+    StaffActor,
+    WindowDep,
+)
+from zapora.api.openapi import BAD_CURSOR, errors
+from zapora.api.schemas import CursorPageOut, OrderIn, OrderOut, OrderStatus, StatusIn
 from zapora.api.strict_json import StrictJSONRoute
 
 router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictJSONRoute)
@@ -45,16 +52,16 @@ async def create_order(
     return JSONResponse(order, status_code=status)
 
 
-@router.get("", response_model=PageOut[OrderOut])
+@router.get("", response_model=CursorPageOut[OrderOut], responses=errors(400, s400=BAD_CURSOR))
 async def list_orders(
     actor: CurrentActor,
     services: ServicesDep,
-    page: PageDep,
+    window: WindowDep,
     fresh: FreshReads,
     status: OrderStatus | None = None,
 ) -> Any:
-    rows, total = await services.orders.list(actor, page, status, fresh)
-    return {"items": rows, "total": total, "limit": page.limit, "offset": page.offset}
+    rows, cursor = await services.orders.list(actor, window, status, fresh)
+    return {"items": rows, "limit": window.limit, "next_cursor": cursor}
 
 
 @router.get("/{order_id}", response_model=OrderOut)
