@@ -176,7 +176,7 @@ class _Hook(BaseHTTPRequestHandler):
 def _alerts(status: str, alertname: str, host: str) -> list[dict[str, Any]]:
     return [
         a
-        for n in _Hook.received
+        for n in RECEIVED
         if n["status"] == status
         for a in n["alerts"]
         if a["labels"].get("alertname") == alertname and a["labels"].get("host") == host
