@@ -203,7 +203,6 @@ def _bad_deploy(lab: Lab, tmp_path: Path, suffix: str, tail: str) -> tuple[str, 
     return result.stdout, load
 
 
-@pytest.mark.slow
 def test_release_never_ready_is_refused_and_old_keeps_serving(lab: Lab, tmp_path: Path) -> None:
     # Readiness compares the schema with the release's head: a head that never exists.
     tail = (
@@ -244,7 +243,6 @@ m.create_app = create_app
 """
 
 
-@pytest.mark.slow
 def test_release_failing_after_switch_is_switched_back(lab: Lab, tmp_path: Path) -> None:
     encoded = base64.b64encode(BROKEN_UNDER_TRAFFIC.encode()).decode()
     tail = f"USER root\nRUN echo {encoded} | base64 -d > /opt/zapora/sitecustomize.py\nUSER zapora"
@@ -255,7 +253,6 @@ def test_release_failing_after_switch_is_switched_back(lab: Lab, tmp_path: Path)
     print(f"5xx release: requests failed while it was live: {load.failed}")
 
 
-@pytest.mark.slow
 def test_rollback_returns_to_the_previous_release(lab: Lab, tmp_path: Path) -> None:
     colour, release = active(lab)
     extra = derived_release(lab, "next", "LABEL org.zapora.e2e=next", tmp_path)

@@ -183,7 +183,6 @@ def _alerts(status: str, alertname: str, host: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.slow
 def test_instance_down_reaches_the_webhook(lab: Lab) -> None:
     server = HTTPServer((lab.gateway, WEBHOOK_PORT), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
