@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
+from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one, send
 from zapora.repositories import keyset
+from zapora.repositories.menus import ITEM_COLUMNS
 
 _COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
 
@@ -103,15 +104,26 @@ async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
     )
 
 
-async def claim_idempotency_key(conn: Conn, user_id: UUID, key: str, request_hash: str) -> bool:
-    """True when this call owns the key. A concurrent holder makes this wait for its commit."""
-    claimed = await fetch_one(
-        conn,
-        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
-        (user_id, key, request_hash),
+async def claim_and_price(
+    conn: Conn, user_id: UUID, key: str | None, request_hash: str, item_ids: list[UUID]
+) -> tuple[bool, list[Row]]:
+    """(whether this call owns the Idempotency-Key, or True without one; the menu rows of
+    `item_ids`). Both statements are sent before either answer is read: one round trip in
+    pipeline mode, with the transaction's BEGIN. Reading the prices of a request that then
+    replays is harmless."""
+    claim = None
+    if key is not None:
+        claim = await send(
+            conn,
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
+            (user_id, key, request_hash),
+        )
+    items = await send(
+        conn, f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE id = ANY(%s)", (item_ids,)
     )
-    return claimed is not None
+    claimed = claim is None or await claim.fetchone() is not None
+    return claimed, await items.fetchall()
 
 
 async def idempotency_record(conn: Conn, user_id: UUID, key: str) -> Row | None:

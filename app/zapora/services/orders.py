@@ -10,7 +10,6 @@ from uuid import UUID
 
 from zapora.infra.db import Conn, Row
 from zapora.infra.metrics import ORDERS_CREATED, REVENUE_MINOR
-from zapora.repositories import menus as menus_repo
 from zapora.repositories import orders as repo
 from zapora.repositories import outbox
 from zapora.services import pagination
@@ -75,14 +74,16 @@ class OrderService:
         # An item may appear on several lines (each line's quantity is 1..50), as the schema
         # allows; lines stay as sent.
         fingerprint = request_fingerprint(items, notes)
-        async with self.infra.db.transaction() as conn:
-            if idempotency_key is not None:
-                claimed = await repo.claim_idempotency_key(
-                    conn, actor.id, idempotency_key, fingerprint
-                )
-                if not claimed:
-                    return await self._replay(conn, actor, idempotency_key, fingerprint)
-            body = await self._insert(conn, actor, items, notes)
+        # Pipeline mode: three round trips (BEGIN + key claim + prices; the order's INSERT;
+        # its lines, outbox row, stored response and COMMIT) instead of eight.
+        async with self.infra.db.transaction(pipeline=True) as conn:
+            claimed, found = await repo.claim_and_price(
+                conn, actor.id, idempotency_key, fingerprint, [item_id for item_id, _ in items]
+            )
+            if not claimed:
+                assert idempotency_key is not None
+                return await self._replay(conn, actor, idempotency_key, fingerprint)
+            body = await self._insert(conn, actor, items, notes, found)
             await self._event(conn, body, "order.created")
             if actor.is_staff:
                 await self.audit.record(
@@ -111,9 +112,13 @@ class OrderService:
         return int(record["response_status"]), dict(record["response_body"])
 
     async def _insert(
-        self, conn: Conn, actor: Actor, items: list[tuple[UUID, int]], notes: str | None
+        self,
+        conn: Conn,
+        actor: Actor,
+        items: list[tuple[UUID, int]],
+        notes: str | None,
+        found: list[Row],
     ) -> dict[str, Any]:
-        found = await menus_repo.items_by_ids(conn, [item_id for item_id, _ in items])
         menu_rows = {row["id"]: row for row in found}
         lines: list[dict[str, Any]] = []
         currencies: set[str] = set()
