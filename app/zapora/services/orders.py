@@ -14,6 +14,7 @@ from zapora.repositories import orders as repo
 from zapora.repositories import outbox
 from zapora.services import pagination
 from zapora.services.audit import AuditService
+from zapora.services.auth import AuthService
 from zapora.services.common import Actor, Conflict, NotFound, Origin
 from zapora.services.context import Infra
 from zapora.services.outbox import ORDER_EVENT
@@ -163,10 +164,32 @@ class OrderService:
         row = await self.infra.db.read(
             lambda conn: repo.get_with_lines(conn, order_id), fresh=fresh
         )
+        return self._visible(actor, row)
+
+    @staticmethod
+    def _visible(actor: Actor, row: Row | None) -> dict[str, Any]:
         # Someone else's order looks exactly like a missing one.
         if row is None or (not actor.is_staff and row["user_id"] != actor.id):
             raise NotFound("Order not found.")
         return order_json(row, row["lines"])
+
+    async def get_signed_in(
+        self, auth: AuthService, token: str, order_id: UUID, fresh: bool
+    ) -> tuple[Actor, dict[str, Any]]:
+        """Authenticate the bearer token and read the order: the checks of `current_actor`
+        then `get`, in that order. When the order is read from the primary anyway (no
+        replica, or the caller wrote recently), the caller's row and the order come in one
+        statement, so the request makes one round trip instead of two."""
+        if not fresh:
+            actor, _ = await auth.authenticate(token)
+            return actor, await self.get(actor, order_id, fresh)
+        claims = auth.access_claims(token)
+        user, row = await self.infra.db.read(
+            lambda conn: repo.caller_and_order(conn, claims.sub, claims.jti, claims.fam, order_id),
+            fresh=True,
+        )
+        actor = auth.actor_for(claims, user)
+        return actor, self._visible(actor, row)
 
     async def advance(
         self, actor: Actor, origin: Origin, order_id: UUID, status: str
