@@ -20,6 +20,8 @@ ALGORITHM = "HS256"
 # bcrypt reads at most 72 bytes. A longer password (72 characters can be up to 288 bytes in
 # UTF-8) is reduced to its SHA-256 digest (base64, 44 bytes) first, so every byte counts.
 MAX_PASSWORD_BYTES = 72
+# Verified tokens remembered per process (TokenCodec.decode); about 1 kB each.
+VERIFIED_TOKENS_KEPT = 1024
 
 
 def _bcrypt_input(password: str) -> bytes:
@@ -62,6 +64,10 @@ class TokenCodec:
         self._audience = audience
         # Tolerated clock skew between hosts, on `nbf`, `iat` and `exp`.
         self._leeway = leeway
+        # Tokens whose signature and form were verified, by their exact text (a client sends
+        # the same access token on every request): a hit skips the HMAC and the parsing, never
+        # the claim checks, which depend on the clock. Oldest first out when full.
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(
         self, sub: str, typ: str, ttl: int, fam: str | None = None, now: int | None = None
@@ -90,6 +96,19 @@ class TokenCodec:
         `exp`, `iat`, `nbf` present and numeric, `exp` not past and `nbf` not future (beyond
         the leeway); `iss` equal to ours; `aud` ours (a string, or a list holding it);
         `sub` and `jti` present strings; then `typ`."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        self._check_claims(claims)
+        if claims.get("typ") != typ:
+            raise InvalidToken("wrong token type")
+        return _to_claims(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """The signed claims of a well-formed HS256 token, else InvalidToken."""
         try:
             header_part, payload_part, signature_part = token.split(".")
             header = json.loads(_b64decode(header_part))
@@ -105,10 +124,7 @@ class TokenCodec:
             raise InvalidToken("malformed token") from exc
         if not isinstance(claims, dict):
             raise InvalidToken("malformed claims")
-        self._check_claims(claims)
-        if claims.get("typ") != typ:
-            raise InvalidToken("wrong token type")
-        return _to_claims(claims)
+        return claims
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
