@@ -80,7 +80,7 @@ _GET_WITH_LINES = _with_lines(_COLUMNS, "id = %s").format(lines="lines")
 _PREFIXED = ", ".join(f"{c} AS order_{c}" for c in _COLUMNS.split(", "))
 _CALLER_AND_ORDER = tokens.user_unless_revoked_sql(
     join=" LEFT JOIN LATERAL ("
-    + _with_lines(_PREFIXED, "orders.id = %(order_id)s").format(lines="order_lines")
+    + _with_lines(_PREFIXED, "id = %(order_id)s").format(lines="order_lines")
     + ") o ON true",
     columns=", o.*",
 )
