@@ -243,3 +243,35 @@ def test_staff_orders_are_audited_customer_orders_are_not(
     assert len(events["items"]) == 1
     assert events["items"][0]["target_id"] == staff_order["id"]
     assert events["items"][0]["actor_id"] == people.staff.id
+
+
+def test_get_order_checks_the_caller_in_its_one_query(
+    client: TestClient, people: People, catalog: Catalog
+) -> None:
+    """GET /orders/{id} authenticates in the same statement as the order read: every check of
+    the other routes still holds there, in the same order (401 before 404)."""
+    mine = _create(client, people.customer, catalog).json()
+    url = f"/orders/{mine['id']}"
+    got = client.get(url, headers=people.customer.headers)
+    assert got.status_code == 200
+    same = ("id", "user_id", "status", "items", "total_minor", "currency", "notes", "version")
+    assert {k: got.json()[k] for k in same} == {k: mine[k] for k in same}
+    staff = client.get(url, headers=people.staff.headers)
+    assert staff.status_code == 200 and staff.json()["id"] == mine["id"]
+    assert client.get(url).status_code == 401
+    bad = {"Authorization": "Bearer not.a.token"}
+    assert client.get(url, headers=bad).status_code == 401
+    assert client.get(f"/orders/{uuid.uuid4()}", headers=bad).status_code == 401
+    # A deactivated caller is refused, for its own order and for a missing one alike.
+    other = people.other
+    theirs = _create(client, other, catalog).json()
+    assert client.get(f"/orders/{theirs['id']}", headers=other.headers).status_code == 200
+    deactivate = client.patch(
+        f"/users/{other.id}", json={"is_active": False}, headers=people.admin.headers
+    )
+    assert deactivate.status_code == 200
+    assert client.get(f"/orders/{theirs['id']}", headers=other.headers).status_code == 401
+    assert client.get(f"/orders/{uuid.uuid4()}", headers=other.headers).status_code == 401
+    # A revoked (logged out) token is refused at once.
+    assert client.post("/auth/logout", headers=people.customer.headers).status_code == 204
+    assert client.get(url, headers=people.customer.headers).status_code == 401

@@ -20,6 +20,7 @@ from zapora.services.common import (
 from zapora.services.pagination import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_OFFSET, Window
 from zapora.services.registry import Services
 
+SIGN_IN = "Sign in to use this endpoint."
 _bearer = HTTPBearer(auto_error=False)
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -45,7 +46,7 @@ OriginDep = Annotated[Origin, Depends(get_origin)]
 
 async def current_actor(request: Request, services: ServicesDep, credentials: Bearer) -> Actor:
     if credentials is None:
-        raise Unauthorized("Sign in to use this endpoint.")
+        raise Unauthorized(SIGN_IN)
     actor, _ = await services.auth.authenticate(credentials.credentials)
     request.state.user_id = str(actor.id)
     if request.method not in ("GET", "HEAD"):

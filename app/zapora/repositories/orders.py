@@ -7,8 +7,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
-from zapora.repositories import keyset
+from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one, send
+from zapora.repositories import keyset, tokens
+from zapora.repositories.menus import ITEM_COLUMNS
 
 _COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
 
@@ -63,17 +64,47 @@ async def get(conn: Conn, order_id: UUID, for_update: bool = False) -> Row | Non
     return await fetch_one(conn, f"SELECT {_COLUMNS} FROM orders WHERE id = %s{lock}", (order_id,))
 
 
-async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
-    """The order and its lines in one round trip (the hot read)."""
-    return await fetch_one(
-        conn,
-        f"SELECT {_COLUMNS}, COALESCE((SELECT json_agg(json_build_object("
+def _with_lines(columns: str, where: str) -> str:
+    return (
+        f"SELECT {columns}, COALESCE((SELECT json_agg(json_build_object("
         "'menu_item_id', i.menu_item_id, 'name', i.name, 'quantity', i.quantity,"
         " 'unit_price_minor', i.unit_price_minor) ORDER BY i.line_no)"
-        " FROM order_items i WHERE i.order_id = orders.id), '[]'::json) AS lines"
-        " FROM orders WHERE id = %s",
-        (order_id,),
+        " FROM order_items i WHERE i.order_id = orders.id), '[]'::json) AS {lines}"
+        f" FROM orders WHERE {where}"
     )
+
+
+_GET_WITH_LINES = _with_lines(_COLUMNS, "id = %s").format(lines="lines")
+# The same order read joined to the caller's authentication row: every order column as
+# order_<name>, NULL when no such order exists.
+_PREFIXED = ", ".join(f"{c} AS order_{c}" for c in _COLUMNS.split(", "))
+_CALLER_AND_ORDER = tokens.user_unless_revoked_sql(
+    join=" LEFT JOIN LATERAL ("
+    + _with_lines(_PREFIXED, "id = %(order_id)s").format(lines="order_lines")
+    + ") o ON true",
+    columns=", o.*",
+)
+
+
+async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
+    """The order and its lines in one round trip (the hot read)."""
+    return await fetch_one(conn, _GET_WITH_LINES, (order_id,))
+
+
+async def caller_and_order(
+    conn: Conn, user_id: str, jti: str, family: str | None, order_id: UUID
+) -> tuple[Row | None, Row | None]:
+    """The caller's row for authentication (tokens.user_unless_revoked) and the order with
+    its lines, in one statement: for reads that go to the primary anyway."""
+    row = await fetch_one(
+        conn,
+        _CALLER_AND_ORDER,
+        {"id": user_id, "jti": jti, "family": family or "", "order_id": order_id},
+    )
+    if row is None:
+        return None, None
+    order = {name[6:]: row.pop(name) for name in list(row) if name.startswith("order_")}
+    return row, (order if order["id"] is not None else None)
 
 
 async def page(
@@ -103,15 +134,26 @@ async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
     )
 
 
-async def claim_idempotency_key(conn: Conn, user_id: UUID, key: str, request_hash: str) -> bool:
-    """True when this call owns the key. A concurrent holder makes this wait for its commit."""
-    claimed = await fetch_one(
-        conn,
-        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
-        (user_id, key, request_hash),
+async def claim_and_price(
+    conn: Conn, user_id: UUID, key: str | None, request_hash: str, item_ids: list[UUID]
+) -> tuple[bool, list[Row]]:
+    """(whether this call owns the Idempotency-Key, or True without one; the menu rows of
+    `item_ids`). Both statements are sent before either answer is read: one round trip in
+    pipeline mode, with the transaction's BEGIN. Reading the prices of a request that then
+    replays is harmless."""
+    claim = None
+    if key is not None:
+        claim = await send(
+            conn,
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
+            (user_id, key, request_hash),
+        )
+    items = await send(
+        conn, f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE id = ANY(%s)", (item_ids,)
     )
-    return claimed is not None
+    claimed = claim is None or await claim.fetchone() is not None
+    return claimed, await items.fetchall()
 
 
 async def idempotency_record(conn: Conn, user_id: UUID, key: str) -> Row | None:
