@@ -6,19 +6,21 @@ postgres group is refused, naming switchover_target. Failover drill: kills the p
 container (the lab sets failover_drill_kill: docker) under a write load, and must report
 a failover within the bound, no acknowledged write lost (synchronous mode) and the old
 primary back as a streaming replica. Each test is bounded by its playbook timeouts
-(about 1 and 3 minutes).
+(about 1 and 3 minutes). Preflight: an even etcd member count stops database.yml before
+it changes anything, naming the variable (run with --tags preflight only).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Lab, run_playbook
+from tests.e2e.conftest import INVENTORY, REPO, Lab, run_playbook, venv_tool
 from tests.e2e.test_database import client, members, psql  # noqa: F401 - the client fixture
 
 pytestmark = pytest.mark.e2e
@@ -94,3 +96,27 @@ def test_failover_drill_kills_the_primary_loses_no_acknowledged_write_and_heals(
     state = members(lab)
     assert any(m["Member"] == old and m["State"] == "streaming" for m in state), state
     assert sorted(str(m["Role"]) for m in state) == ["Leader", "Sync Standby"], state
+
+
+def test_an_even_etcd_member_count_is_refused_naming_the_variable(lab: Lab, tmp_path: Path) -> None:
+    app = lab.groups["app"][0]
+    even = tmp_path / "even-etcd.yml"
+    even.write_text(f"all:\n  children:\n    etcd:\n      hosts:\n        {app}:\n")
+    members_now = len(lab.groups["etcd"]) + 1
+    assert members_now % 2 == 0, "the lab's etcd group is expected to be odd"
+    run = subprocess.run(
+        [
+            venv_tool("ansible-playbook"),
+            *("-i", str(INVENTORY), "-i", str(even)),
+            str(REPO / "playbooks" / "database.yml"),
+            *("--tags", "preflight"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO,
+    )
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "etcd_group (etcd)" in run.stdout, run.stdout[-3000:]
+    assert f"it has {members_now}" in run.stdout, run.stdout[-3000:]
