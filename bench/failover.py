@@ -78,6 +78,21 @@ def summary(mode: str, runs: list[dict[str, Any]]) -> tuple[str, bool]:
             f"min {min(times):.1f} s"
         )
     line += f", acknowledged writes {acked}, lost {lost}, duplicates {dups}"
+    by_etcd = {
+        led: [
+            r["writable_after_s"]
+            for r in runs
+            if r.get("writable_after_s") is not None and bool(r.get("killed_etcd_leader")) == led
+        ]
+        for led in (True, False)
+    }
+    for led, values in by_etcd.items():
+        if values:
+            line += (
+                f"; {'with' if led else 'without'} the etcd leader on the killed host: "
+                f"{len(values)} kills, median {statistics.median(values):.1f} s, "
+                f"max {max(values):.1f} s"
+            )
     if broken:
         line += f", {len(broken)} drills without a result (see their logs)"
     ok = not broken and (mode != "sync" or lost == 0)
@@ -92,20 +107,22 @@ def main() -> int:
     parser.add_argument("--kill", default="docker", choices=["docker", "pause", "systemctl"])
     parser.add_argument("--log-dir", default="", help="keep each drill's output here")
     args = parser.parse_args()
-    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="zapora-failover-bench-"))
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="zapora-failover-bench-")).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"inventory {args.inventory}, kill method {args.kill}, drill logs in {log_dir}")
     lines, ok = [], True
     for mode in args.modes.split(","):
         runs = []
         for i in range(1, args.kills + 1):
-            r = drill(args.inventory, args.kill, mode, log_dir, i)
+            r = drill(str(Path(args.inventory).resolve()), args.kill, mode, log_dir, i)
             runs.append(r)
             print(
                 f"{mode} kill {i:2d}: {r.get('killed', '?')} -> {r.get('new_leader', '?')}, "
                 f"writable after {r.get('writable_after_s')} s, acked {r.get('acknowledged')}, "
                 f"lost {len(r.get('lost', []))}, duplicates {len(r.get('duplicates', []))}, "
-                f"whole after {r.get('rejoined_after_s')} s, drill rc {r['rc']} "
+                f"whole after {r.get('rejoined_after_s')} s, "
+                f"{'etcd leader killed too, ' if r.get('killed_etcd_leader') else ''}"
+                f"drill rc {r['rc']} "
                 f"({r['run_seconds']} s)",
                 flush=True,
             )
