@@ -96,6 +96,13 @@ def test_failover_drill_kills_the_primary_loses_no_acknowledged_write_and_heals(
     state = members(lab)
     assert any(m["Member"] == old and m["State"] == "streaming" for m in state), state
     assert sorted(str(m["Role"]) for m in state) == ["Leader", "Sync Standby"], state
+    # node_exporter's textfile collector on the monitoring host carries the result.
+    prom = lab.ssh(
+        lab.groups["monitoring"][0],
+        "cat /var/lib/prometheus/node-exporter/zapora_failover_drill_sync.prom",
+    ).stdout
+    assert 'zapora_failover_drill_lost_writes{mode="sync"} 0' in prom, prom
+    assert 'zapora_failover_drill_writable_seconds{mode="sync"}' in prom, prom
 
 
 def test_an_even_etcd_member_count_is_refused_naming_the_variable(lab: Lab, tmp_path: Path) -> None:
