@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -159,7 +160,13 @@ def bench() -> int:
     switches: list[float] = []
     switched_at: list[float] = []
     colours: list[str] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.set())
+    print(f"(kill -USR1 {os.getpid()} ends the run after the deploy in progress)")
     for n in range(1, DEPLOYS + 1):
+        if stop.is_set():
+            print(f"stopped by SIGUSR1 after {n - 1} deploys")
+            break
         result = run_playbook("deploy.yml", *DEPLOY_VARS)
         seconds = re.search(r"switch_seconds=([\d.]+)", result.stdout)
         at = re.search(r"switched_at=([\d.]+)", result.stdout)
@@ -191,7 +198,8 @@ def bench() -> int:
           f"({len(during)} requests)")  # fmt: skip
     print(
         "idle colour ready -> all edges switched: "
-        f"median {statistics.median(switches):.2f} s, max {max(switches):.2f} s "
+        f"{len(switches)} deploys, median {statistics.median(switches):.2f} s, "
+        f"max {max(switches):.2f} s "
         f"(goal <= 2 s), colours {''.join(c[0] for c in colours)}"
     )
     edge_cost()
