@@ -47,6 +47,26 @@ class AuditService:
         else:
             async with self.infra.db.transaction() as own:
                 await audit_repo.insert(own, params)
+        self.announce(
+            action,
+            actor_id=actor_id,
+            origin=origin,
+            target_type=target_type,
+            target_id=target_id,
+            details=details,
+        )
+
+    @staticmethod
+    def announce(
+        action: str,
+        *,
+        actor_id: UUID | None,
+        origin: Origin,
+        target_type: str | None = None,
+        target_id: object | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """The metric and the log line of an audit event written by the caller's own SQL."""
         AUDIT_EVENTS.labels(action).inc()
         logger.bind(
             kind="audit",
