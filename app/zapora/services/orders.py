@@ -47,6 +47,8 @@ def request_fingerprint(items: list[tuple[UUID, int]], notes: str | None) -> str
 
 
 def order_json(order: Row, lines: list[Row]) -> dict[str, Any]:
+    """The order as OrderOut's fields, in its order; times stay datetimes (the response model,
+    or pydantic_core.to_json on the fast path, renders them alike)."""
     return {
         "id": str(order["id"]),
         "user_id": str(order["user_id"]),
@@ -64,8 +66,8 @@ def order_json(order: Row, lines: list[Row]) -> dict[str, Any]:
         "currency": order["currency"].strip(),
         "notes": order["notes"],
         "version": order["version"],
-        "created_at": order["created_at"].isoformat(),
-        "updated_at": order["updated_at"].isoformat(),
+        "created_at": order["created_at"],
+        "updated_at": order["updated_at"],
     }
 
 
