@@ -140,13 +140,7 @@ class OrderService:
         ORDERS_CREATED.labels(currency).inc()
         REVENUE_MINOR.labels(currency).inc(row["total_minor"])
         if Role(row["role"]) in STAFF_ROLES:
-            self.audit.announce(
-                "order.created",
-                actor_id=user_id,
-                origin=origin,
-                target_type="order",
-                target_id=body["id"],
-            )
+            self.audit.announce("order.created", user_id, origin, ("order", body["id"]), {})
         await self.infra.mark_fresh(user_id)
         return 201, body, user_id
 
