@@ -96,7 +96,8 @@ def gunicorn(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
+    # A worker's imports alone take 20 s on a 2-core machine at load average 20.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1)
