@@ -51,8 +51,9 @@ docker tag "$image_id" "$tag"
 mkdir -p "$out_dir"
 archive="$out_dir/zapora-api-$release.tar"
 if [[ ! -s "$archive" ]]; then
-    docker save -o "$archive.part" "$tag"
-    mv "$archive.part" "$archive"
+    # A name of its own per build: CI builds from two places at once (the lab, molecule).
+    docker save -o "$archive.part.$$" "$tag"
+    mv "$archive.part.$$" "$archive"
 fi
 printf '{"release": "%s", "image": "%s", "image_id": "%s", "archive": "%s"}\n' \
     "$release" "$tag" "$image_id" "$archive"

@@ -87,9 +87,11 @@ if ! docker info >/dev/null 2>&1; then
         say "starting docker.service"
         $SUDO systemctl start docker || true
     else
-        # No systemd (CI machines, containers): start the daemon in the background.
+        # No systemd (CI machines, containers): start the daemon in the background, in a
+        # session of its own (setsid), so that the end of the shell, job or session that
+        # ran `make` does not take the engine, and every container, down with it.
         say "starting dockerd in the background (log: $docker_log)"
-        $SUDO sh -c "nohup dockerd >>'$docker_log' 2>&1 &"
+        $SUDO setsid -f sh -c "exec dockerd >>'$docker_log' 2>&1 </dev/null"
     fi
     for _ in $(seq 1 60); do
         docker info >/dev/null 2>&1 && break

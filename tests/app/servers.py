@@ -132,6 +132,16 @@ host replication all 127.0.0.1/32 trust
 """
 
 
+def wait_until(predicate: Any, timeout: float = 20) -> None:
+    """Poll ``predicate`` every 0.1 s until it is true; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
 def wait_for_standby(primary: Postgres, standby: Postgres, timeout: float = 15) -> None:
     with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()

@@ -25,6 +25,19 @@ from .test_server import start_gunicorn
 MAX_EXAMPLES = int(os.environ.get("ZAPORA_CONTRACT_MAX_EXAMPLES", "25"))
 MAX_TIME_SECONDS = int(os.environ.get("ZAPORA_CONTRACT_MAX_TIME", "90"))
 
+# A list cursor has a documented shape (pattern, length), but only the cursors the API issued
+# verify: any other string of that shape is answered 400 (documented on these operations).
+# Schemathesis cannot mint a signed cursor, so for these two operations a 400 is an accepted
+# answer to "positive" data; every other check and every other operation keep their defaults.
+CONFIG = """
+[[operations]]
+include-path-regex = "^/(orders|audit-events)$"
+include-method = "GET"
+checks.positive_data_acceptance.expected-statuses = [
+  "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx",
+]
+"""
+
 
 def _st() -> str:
     return str(Path(sys.executable).with_name("st"))
@@ -44,12 +57,16 @@ def test_openapi_contract_holds(
     url, proc = start_gunicorn(
         servers, secret_file, tmp_path, ZAPORA_USER_WRITE_LIMIT_PER_MINUTE="100000"
     )
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG)
     try:
         token = people.admin.tokens["access_token"]
         started = time.monotonic()
         result = subprocess.run(
             [
                 _st(),
+                "--config-file",
+                str(config),
                 "run",
                 f"{url}/openapi.json",
                 "--checks",

@@ -13,6 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 
+from zapora.infra import security
+from zapora.infra.security import InvalidToken, TokenCodec
+
 from .conftest import People
 
 
@@ -127,3 +130,64 @@ def test_clock_skew_within_leeway_is_tolerated(
         algorithm="HS256",
     )
     assert _call(client, token) == 200
+
+
+def test_verified_token_memory_keeps_every_claim_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token verified once is remembered by its text, but its times, audience, issuer and
+    type are checked on every use; the memory is bounded."""
+    codec = TokenCodec(secrets.token_hex(32), "zapora", "zapora-api", leeway=30)
+    token, _ = codec.issue("someone", "access", ttl=60)
+    assert codec.decode(token, "access").sub == "someone"
+    assert codec.decode(token, "access").sub == "someone"  # from the memory
+    with pytest.raises(InvalidToken):
+        codec.decode(token, "refresh")
+    # An altered signature is a different text: verified afresh, refused.
+    head, body, signature = token.split(".")
+    with pytest.raises(InvalidToken):
+        codec.decode(f"{head}.{body}.{signature[::-1]}", "access")
+    with pytest.raises(InvalidToken):
+        codec.decode(f"{head}.{body}.{signature}x", "access")
+    # The clock moves past exp + leeway: the remembered token is refused.
+    later = time.time() + 120
+    monkeypatch.setattr(security.time, "time", lambda: later)
+    with pytest.raises(InvalidToken):
+        codec.decode(token, "access")
+    monkeypatch.undo()
+    # Bounded: the oldest entries leave first.
+    monkeypatch.setattr(security, "VERIFIED_TOKENS_KEPT", 3)
+    tokens = [codec.issue(f"user-{n}", "access", ttl=60)[0] for n in range(5)]
+    for each in tokens:
+        codec.decode(each, "access")
+    assert list(codec._verified) == tokens[2:]
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": ["other", "zapora-api"]},
+        {"aud": ["other"]},
+        {"aud": 7},
+        {"exp": "soon"},
+        {"exp": True},
+        {"sub": 12},
+        {"iss": None},
+    ],
+    ids=[
+        "aud-list-with-ours",
+        "aud-list-without",
+        "aud-number",
+        "exp-text",
+        "exp-bool",
+        "sub-number",
+        "no-iss",
+    ],
+)
+def test_claim_forms(claims: dict[str, Any]) -> None:
+    secret = secrets.token_hex(32)
+    codec = TokenCodec(secret, "zapora", "zapora-api")
+    token = jwt.encode(_claims("someone", **claims), secret, algorithm="HS256")
+    if claims == {"aud": ["other", "zapora-api"]}:
+        assert codec.decode(token, "access").sub == "someone"
+    else:
+        with pytest.raises(InvalidToken):
+            codec.decode(token, "access")

@@ -128,7 +128,7 @@ def test_staff_writes_are_audited(client: TestClient, people: People, catalog: C
     )
     actions = sorted({e["action"] for e in r.json()["items"]})
     assert actions == ["menu.created", "menu_item.created"]
-    assert r.json()["total"] == 4
+    assert len(r.json()["items"]) == 4
 
 
 def test_other_workers_drop_their_local_copy_on_write(

@@ -156,7 +156,7 @@ def test_visibility_and_listing(client: TestClient, people: People, catalog: Cat
     assert client.get(f"/orders/{theirs['id']}", headers=people.customer.headers).status_code == 404
     assert client.get(f"/orders/{uuid.uuid4()}", headers=people.customer.headers).status_code == 404
     everything = client.get("/orders", headers=people.staff.headers).json()
-    assert everything["total"] == 2
+    assert len(everything["items"]) == 2 and everything["next_cursor"] is None
     client.patch(
         f"/orders/{mine['id']}/status", json={"status": "confirmed"}, headers=people.staff.headers
     )
@@ -240,6 +240,38 @@ def test_staff_orders_are_audited_customer_orders_are_not(
     events = client.get(
         "/audit-events", params={"action": "order.created"}, headers=people.admin.headers
     ).json()
-    assert events["total"] == 1
+    assert len(events["items"]) == 1
     assert events["items"][0]["target_id"] == staff_order["id"]
     assert events["items"][0]["actor_id"] == people.staff.id
+
+
+def test_get_order_checks_the_caller_in_its_one_query(
+    client: TestClient, people: People, catalog: Catalog
+) -> None:
+    """GET /orders/{id} authenticates in the same statement as the order read: every check of
+    the other routes still holds there, in the same order (401 before 404)."""
+    mine = _create(client, people.customer, catalog).json()
+    url = f"/orders/{mine['id']}"
+    got = client.get(url, headers=people.customer.headers)
+    assert got.status_code == 200
+    same = ("id", "user_id", "status", "items", "total_minor", "currency", "notes", "version")
+    assert {k: got.json()[k] for k in same} == {k: mine[k] for k in same}
+    staff = client.get(url, headers=people.staff.headers)
+    assert staff.status_code == 200 and staff.json()["id"] == mine["id"]
+    assert client.get(url).status_code == 401
+    bad = {"Authorization": "Bearer not.a.token"}
+    assert client.get(url, headers=bad).status_code == 401
+    assert client.get(f"/orders/{uuid.uuid4()}", headers=bad).status_code == 401
+    # A deactivated caller is refused, for its own order and for a missing one alike.
+    other = people.other
+    theirs = _create(client, other, catalog).json()
+    assert client.get(f"/orders/{theirs['id']}", headers=other.headers).status_code == 200
+    deactivate = client.patch(
+        f"/users/{other.id}", json={"is_active": False}, headers=people.admin.headers
+    )
+    assert deactivate.status_code == 200
+    assert client.get(f"/orders/{theirs['id']}", headers=other.headers).status_code == 401
+    assert client.get(f"/orders/{uuid.uuid4()}", headers=other.headers).status_code == 401
+    # A revoked (logged out) token is refused at once.
+    assert client.post("/auth/logout", headers=people.customer.headers).status_code == 204
+    assert client.get(url, headers=people.customer.headers).status_code == 401

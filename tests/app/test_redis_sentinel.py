@@ -142,15 +142,6 @@ def _worker(settings: Settings, servers: srv.Servers, secret_file: Path) -> subp
     )
 
 
-def _wait(predicate: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_the_api_runs_under_the_roles_acl_through_sentinel(
     sentinel_settings: Settings,
     cluster: rsc.Cluster,
@@ -163,7 +154,9 @@ def test_the_api_runs_under_the_roles_acl_through_sentinel(
         with TestClient(app_for(sentinel_settings)) as client:
             _flow(client, db)
             # The worker consumed both events (XGROUP CREATE, XREADGROUP, XACK, XAUTOCLAIM).
-            _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 2)
+            srv.wait_until(
+                lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 2
+            )
     finally:
         worker.terminate()
         worker.wait(10)
@@ -227,9 +220,11 @@ def test_failover_needs_no_restart_of_api_or_worker(
     try:
         with TestClient(app) as client:
             _flow(client, db)
-            _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 2)
+            srv.wait_until(
+                lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 2
+            )
             local = app.state.services.menus.local
-            _wait(lambda: local._listening)
+            srv.wait_until(lambda: local._listening)
             r = client.post(
                 "/auth/login",
                 json={"email": "sally@example.com", "password": "correct horse battery"},
@@ -257,10 +252,10 @@ def test_failover_needs_no_restart_of_api_or_worker(
             assert log[-1][1], "requests still fail after the failover"
             assert recovered <= failover + 5
             # The subscriber resubscribed on the new primary: a message there reaches it.
-            _wait(lambda: local._listening)
+            srv.wait_until(lambda: local._listening)
             generation = local.generation
             new = cluster.admin(cluster.primary_port())
-            _wait(
+            srv.wait_until(
                 lambda: (
                     new.publish("menu-items:invalidate", b"x") >= 1
                     and local.generation > generation
@@ -280,7 +275,9 @@ def test_failover_needs_no_restart_of_api_or_worker(
                 headers=cust,
             )
             assert r.status_code == 201, r.text
-            _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 3)
+            srv.wait_until(
+                lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone()["n"] == 3
+            )
             assert worker.poll() is None
     finally:
         worker.terminate()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +76,6 @@ def _worker_env(servers: srv.Servers, secret_file: Path, **extra: str) -> dict[s
     }
 
 
-def _wait(predicate: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_worker_killed_mid_message_is_reclaimed(
     client: TestClient,
     people: People,
@@ -104,7 +94,7 @@ def test_worker_killed_mid_message_is_reclaimed(
             worker, env=_worker_env(servers, secret_file), stdout=subprocess.DEVNULL
         )
         try:
-            _wait(
+            srv.wait_until(
                 lambda: (
                     rds.xpending(STREAM, GROUP)["pending"] == 1
                     if rds.exists(STREAM) and rds.xinfo_groups(STREAM)
@@ -126,8 +116,10 @@ def test_worker_killed_mid_message_is_reclaimed(
         stdout=subprocess.DEVNULL,
     )
     try:
-        _wait(lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone() == {"n": 1})
-        _wait(lambda: rds.xpending(STREAM, GROUP)["pending"] == 0)
+        srv.wait_until(
+            lambda: db.execute("SELECT count(*) AS n FROM order_events").fetchone() == {"n": 1}
+        )
+        srv.wait_until(lambda: rds.xpending(STREAM, GROUP)["pending"] == 0)
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0  # stops cleanly on SIGTERM
     finally:

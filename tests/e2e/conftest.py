@@ -187,6 +187,6 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
         if item.get_closest_marker("slow"):
             record(
                 f"e2e {item.nodeid}",
-                "slow (minutes each); `make test` keeps CI within its time budget, "
+                "a whole site.yml run (about 8 min); `make test` keeps CI within its time budget, "
                 "`make test-e2e-full` runs it",
             )

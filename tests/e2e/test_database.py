@@ -123,7 +123,6 @@ def test_row_written_on_the_primary_is_read_on_the_replica(lab: Lab, client: str
     assert seen
 
 
-@pytest.mark.slow
 def test_frozen_primary_fails_over_and_keeps_the_row(lab: Lab, client: str) -> None:
     token = uuid.uuid4().hex
     psql(lab, client, "read-write", f"INSERT INTO e2e_probe (token) VALUES ('{token}')")

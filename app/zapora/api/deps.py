@@ -17,8 +17,10 @@ from zapora.services.common import (
     Role,
     Unauthorized,
 )
+from zapora.services.pagination import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_OFFSET, Window
 from zapora.services.registry import Services
 
+SIGN_IN = "Sign in to use this endpoint."
 _bearer = HTTPBearer(auto_error=False)
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
@@ -44,7 +46,7 @@ OriginDep = Annotated[Origin, Depends(get_origin)]
 
 async def current_actor(request: Request, services: ServicesDep, credentials: Bearer) -> Actor:
     if credentials is None:
-        raise Unauthorized("Sign in to use this endpoint.")
+        raise Unauthorized(SIGN_IN)
     actor, _ = await services.auth.authenticate(credentials.credentials)
     request.state.user_id = str(actor.id)
     if request.method not in ("GET", "HEAD"):
@@ -109,3 +111,31 @@ async def get_page(
 
 
 PageDep = Annotated[Page, Depends(get_page)]
+
+
+async def get_window(
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CURSOR_MAX_LENGTH,
+            pattern=CURSOR_PATTERN,
+            description="`next_cursor` of the previous page, as returned (opaque).",
+        ),
+    ] = None,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_OFFSET,
+            deprecated=True,
+            description="Rows to skip (after the cursor's position, if any). Kept for older "
+            "clients and bounded; page with `cursor` instead.",
+        ),
+    ] = 0,
+) -> Window:
+    return Window(limit=limit, cursor=cursor, offset=offset)
+
+
+WindowDep = Annotated[Window, Depends(get_window)]

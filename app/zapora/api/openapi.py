@@ -70,6 +70,12 @@ _DESCRIPTIONS = {
 }
 
 
+BAD_CURSOR = (
+    "The cursor was not issued by this API for this list and filter (altered, truncated, "
+    "or taken from another list); start again without a cursor."
+)
+
+
 def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: the business outcomes it can answer with (409, 429, ...).
 

@@ -14,6 +14,7 @@ from starlette.routing import Match
 
 from zapora.infra.errors import ANY_UNAVAILABLE
 from zapora.services.common import (
+    BadRequest,
     Conflict,
     DomainError,
     Forbidden,
@@ -32,6 +33,7 @@ _STATUS: dict[type[DomainError], int] = {
     Unauthorized: 401,
     Invalid: 422,
     RateLimited: 429,
+    BadRequest: 400,
 }
 
 

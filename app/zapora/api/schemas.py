@@ -211,3 +211,11 @@ class PageOut(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+class CursorPageOut(BaseModel, Generic[T]):
+    """A page of a keyset list, newest first. `next_cursor` is null on the last page."""
+
+    items: list[T]
+    limit: int
+    next_cursor: str | None

@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from loguru import logger
 from opentelemetry.trace import SpanKind
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from zapora.infra.metrics import READ_RETRIES
 from zapora.infra.tracing import tracer
 
 Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
 Params = Sequence[Any] | dict[str, Any]
+T = TypeVar("T")
 
 
 def _still_open(conn: Conn) -> bool:
@@ -117,8 +119,16 @@ class Database:
         return await pool.getconn(timeout)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Conn]:
-        async with self._on(self.primary) as conn, conn.transaction():
+    async def transaction(self, *, pipeline: bool = False) -> AsyncIterator[Conn]:
+        """A transaction on the primary. With `pipeline`, in libpq's pipeline mode: statements
+        go out without waiting for the previous one's answer, and the client waits only where
+        it reads a result (`send` several, then fetch) and at COMMIT, so BEGIN travels with the
+        first statement and the last writes travel with COMMIT."""
+        if not pipeline:
+            async with self._on(self.primary) as conn, conn.transaction():
+                yield conn
+            return
+        async with self._on(self.primary) as conn, conn.pipeline(), conn.transaction():
             yield conn
 
     @asynccontextmanager
@@ -149,6 +159,29 @@ class Database:
         finally:
             await replica.putconn(conn)
 
+    async def read(self, work: Callable[[Conn], Awaitable[T]], *, fresh: bool = False) -> T:
+        """Run `work`, which only reads, on a `reader()` connection. If that connection is lost
+        under it (the server terminated the backend, restarted, failed over: the connection
+        is broken afterwards), run it once more on a fresh connection. A read has no effect to
+        repeat, so the client gets its answer instead of a 503. A query that merely failed
+        (statement timeout, bad data) on a live connection is not repeated."""
+        used: list[Conn] = []
+
+        async def tracked(conn: Conn) -> T:
+            used.append(conn)
+            return await work(conn)
+
+        try:
+            async with self.reader(fresh=fresh) as conn:
+                return await tracked(conn)
+        except psycopg.OperationalError as exc:
+            if not used or not (used[-1].broken or used[-1].closed):
+                raise
+            READ_RETRIES.inc()
+            logger.warning("connection lost during a read, retrying on a fresh one: {}", exc)
+        async with self.reader(fresh=fresh) as conn:
+            return await work(conn)
+
     @asynccontextmanager
     async def _on(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
         conn = await self._getconn(pool)
@@ -159,6 +192,15 @@ class Database:
             raise
         finally:
             await pool.putconn(conn)
+
+
+async def send(conn: Conn, sql: str, params: Params = ()) -> AsyncCursor[Row]:
+    """Run a statement and return its cursor unread: in pipeline mode the statement is only
+    queued, so several can share one round trip before their rows are fetched."""
+    with tracer.start_as_current_span(_span_name(sql), kind=SpanKind.CLIENT) as span:
+        span.set_attribute("db.system", "postgresql")
+        span.set_attribute("db.statement", sql)
+        return await conn.execute(sql, params)
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:

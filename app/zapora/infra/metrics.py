@@ -37,6 +37,10 @@ ORDER_EVENTS_DEAD_LETTERED = Counter(
     "zapora_order_events_dead_lettered_total",
     "Order events moved to the dead-letter stream after too many deliveries",
 )
+READ_RETRIES = Counter(
+    "zapora_db_read_retries_total",
+    "Reads run again on a fresh connection after theirs was lost mid-query",
+)
 DEGRADED = Counter(
     "zapora_degraded_total",
     "Requests served without a dependency (Redis, replica), by what was skipped",

@@ -1,4 +1,6 @@
-"""Password hashing (bcrypt) and JWTs (python-jose, HS256 pinned)."""
+"""Password hashing (bcrypt) and JWTs (python-jose, HS256 pinned). python-jose verifies a
+token the first time a process sees it; the verified claims are remembered by the token's
+text, and the clock-dependent and identity claims are checked again on every use."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ ALGORITHM = "HS256"
 # bcrypt reads at most 72 bytes. A longer password (72 characters can be up to 288 bytes in
 # UTF-8) is reduced to its SHA-256 digest (base64, 44 bytes) first, so every byte counts.
 MAX_PASSWORD_BYTES = 72
+# Verified tokens remembered per process (TokenCodec.decode); about 1 kB each.
+VERIFIED_TOKENS_KEPT = 1024
 
 
 def _bcrypt_input(password: str) -> bytes:
@@ -57,6 +61,10 @@ class TokenCodec:
         self._audience = audience
         # Tolerated clock skew between hosts, on `nbf`, `iat` and `exp`.
         self._leeway = leeway
+        # Tokens whose signature and form were verified, by their exact text (a client sends
+        # the same access token on every request): a hit skips the HMAC and the parsing, never
+        # the claim checks, which depend on the clock. Oldest first out when full.
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(
         self, sub: str, typ: str, ttl: int, fam: str | None = None, now: int | None = None
@@ -78,11 +86,31 @@ class TokenCodec:
         return token, _to_claims(claims)
 
     def decode(self, token: str, typ: str) -> TokenClaims:
+        """The claims of a valid token of type `typ`, else InvalidToken.
+
+        The first time this process sees the token, python-jose checks it (HS256 only, the
+        signature, every claim required, exp/nbf with the leeway, iss, aud). The verified
+        claims are then remembered by the token's text (bounded, oldest out first); every use,
+        the first included, checks again what depends on the clock or identity: exp, nbf,
+        iss, aud, sub, jti; then `typ`."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = claims
+        self._check_claims(claims)
+        if claims.get("typ") != typ:
+            raise InvalidToken("wrong token type")
+        return _to_claims(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token python-jose verifies (HS256 only, every claim required)."""
         try:
             header = jwt.get_unverified_header(token)
             if header.get("alg") != ALGORITHM:
                 raise InvalidToken("unexpected algorithm")
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
@@ -101,9 +129,32 @@ class TokenCodec:
             )
         except JWTError as exc:
             raise InvalidToken(str(exc)) from exc
-        if claims.get("typ") != typ:
-            raise InvalidToken("wrong token type")
-        return _to_claims(claims)
+        return claims
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
+        for name, value in times.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidToken(f"missing or non-numeric {name}")
+        now = time.time()
+        if times["exp"] < now - self._leeway:  # type: ignore[operator]
+            raise InvalidToken("expired")
+        if times["nbf"] > now + self._leeway:  # type: ignore[operator]
+            raise InvalidToken("not yet valid")
+        if claims.get("iss") != self._issuer:
+            raise InvalidToken("wrong issuer")
+        audience = claims.get("aud")
+        if isinstance(audience, str):
+            audience = [audience]
+        if (
+            not isinstance(audience, list)
+            or not all(isinstance(a, str) for a in audience)
+            or self._audience not in audience
+        ):
+            raise InvalidToken("wrong audience")
+        for name in ("sub", "jti"):
+            if not isinstance(claims.get(name), str):
+                raise InvalidToken(f"missing or non-string {name}")
 
 
 def _to_claims(claims: dict[str, Any]) -> TokenClaims:

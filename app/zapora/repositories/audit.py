@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
+from zapora.infra.db import Conn, Row, execute, fetch_all
+from zapora.repositories import keyset
 
 
 async def insert(conn: Conn, params: tuple[Any, ...]) -> None:
@@ -18,23 +20,18 @@ async def insert(conn: Conn, params: tuple[Any, ...]) -> None:
 
 
 async def page(
-    conn: Conn, limit: int, offset: int, actor_id: UUID | None, action: str | None
-) -> tuple[list[Row], int]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if actor_id is not None:
-        clauses.append("actor_id = %s")
-        params.append(actor_id)
-    if action is not None:
-        clauses.append("action = %s")
-        params.append(action)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    total = await fetch_one(conn, f"SELECT count(*) AS n FROM audit_events {where}", params)
-    rows = await fetch_all(
+    conn: Conn,
+    limit: int,
+    offset: int,
+    after: tuple[datetime, UUID] | None,
+    actor_id: UUID | None,
+    action: str | None,
+) -> list[Row]:
+    """Newest first, keyset like repositories.orders.page."""
+    where, params = keyset.clauses({"actor_id": actor_id, "action": action}, "occurred_at", after)
+    return await fetch_all(
         conn,
         "SELECT id, occurred_at, actor_id, action, target_type, target_id, client_ip,"
-        f" request_id, details FROM audit_events {where}"
-        " ORDER BY occurred_at DESC, id LIMIT %s OFFSET %s",
+        f" request_id, details FROM audit_events {where} LIMIT %s OFFSET %s",
         [*params, limit, offset],
     )
-    return rows, int(total["n"]) if total else 0

@@ -98,12 +98,6 @@ async def item(conn: Conn, item_id: UUID) -> Row | None:
     return await fetch_one(conn, f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE id = %s", (item_id,))
 
 
-async def items_by_ids(conn: Conn, ids: list[UUID]) -> list[Row]:
-    return await fetch_all(
-        conn, f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE id = ANY(%s)", (ids,)
-    )
-
-
 async def insert_item(conn: Conn, values: dict[str, Any]) -> Row:
     row = await fetch_one(
         conn,

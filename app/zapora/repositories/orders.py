@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
+from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one, send
+from zapora.repositories import keyset, tokens
+from zapora.repositories.menus import ITEM_COLUMNS
 
 _COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
 
@@ -61,38 +64,65 @@ async def get(conn: Conn, order_id: UUID, for_update: bool = False) -> Row | Non
     return await fetch_one(conn, f"SELECT {_COLUMNS} FROM orders WHERE id = %s{lock}", (order_id,))
 
 
-async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
-    """The order and its lines in one round trip (the hot read)."""
-    return await fetch_one(
-        conn,
-        f"SELECT {_COLUMNS}, COALESCE((SELECT json_agg(json_build_object("
+def _with_lines(columns: str, where: str) -> str:
+    return (
+        f"SELECT {columns}, COALESCE((SELECT json_agg(json_build_object("
         "'menu_item_id', i.menu_item_id, 'name', i.name, 'quantity', i.quantity,"
         " 'unit_price_minor', i.unit_price_minor) ORDER BY i.line_no)"
-        " FROM order_items i WHERE i.order_id = orders.id), '[]'::json) AS lines"
-        " FROM orders WHERE id = %s",
-        (order_id,),
+        " FROM order_items i WHERE i.order_id = orders.id), '[]'::json) AS {lines}"
+        f" FROM orders WHERE {where}"
     )
+
+
+_GET_WITH_LINES = _with_lines(_COLUMNS, "id = %s").format(lines="lines")
+# The same order read joined to the caller's authentication row: every order column as
+# order_<name>, NULL when no such order exists.
+_PREFIXED = ", ".join(f"{c} AS order_{c}" for c in _COLUMNS.split(", "))
+_CALLER_AND_ORDER = tokens.user_unless_revoked_sql(
+    join=" LEFT JOIN LATERAL ("
+    + _with_lines(_PREFIXED, "id = %(order_id)s").format(lines="order_lines")
+    + ") o ON true",
+    columns=", o.*",
+)
+
+
+async def get_with_lines(conn: Conn, order_id: UUID) -> Row | None:
+    """The order and its lines in one round trip (the hot read)."""
+    return await fetch_one(conn, _GET_WITH_LINES, (order_id,))
+
+
+async def caller_and_order(
+    conn: Conn, user_id: str, jti: str, family: str | None, order_id: UUID
+) -> tuple[Row | None, Row | None]:
+    """The caller's row for authentication (tokens.user_unless_revoked) and the order with
+    its lines, in one statement: for reads that go to the primary anyway."""
+    row = await fetch_one(
+        conn,
+        _CALLER_AND_ORDER,
+        {"id": user_id, "jti": jti, "family": family or "", "order_id": order_id},
+    )
+    if row is None:
+        return None, None
+    order = {name[6:]: row.pop(name) for name in list(row) if name.startswith("order_")}
+    return row, (order if order["id"] is not None else None)
 
 
 async def page(
-    conn: Conn, limit: int, offset: int, user_id: UUID | None, status: str | None
-) -> tuple[list[Row], int]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if user_id is not None:
-        clauses.append("user_id = %s")
-        params.append(user_id)
-    if status is not None:
-        clauses.append("status = %s")
-        params.append(status)
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    total = await fetch_one(conn, f"SELECT count(*) AS n FROM orders {where}", params)
-    rows = await fetch_all(
+    conn: Conn,
+    limit: int,
+    offset: int,
+    after: tuple[datetime, UUID] | None,
+    user_id: UUID | None,
+    status: str | None,
+) -> list[Row]:
+    """Newest first; rows strictly after `after` (keyset), `offset` of them skipped. The order
+    matches the indexes of migration 0003, so a page reads only its own rows."""
+    where, params = keyset.clauses({"user_id": user_id, "status": status}, "created_at", after)
+    return await fetch_all(
         conn,
-        f"SELECT {_COLUMNS} FROM orders {where} ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
+        f"SELECT {_COLUMNS} FROM orders {where} LIMIT %s OFFSET %s",
         [*params, limit, offset],
     )
-    return rows, int(total["n"]) if total else 0
 
 
 async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
@@ -104,15 +134,26 @@ async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
     )
 
 
-async def claim_idempotency_key(conn: Conn, user_id: UUID, key: str, request_hash: str) -> bool:
-    """True when this call owns the key. A concurrent holder makes this wait for its commit."""
-    claimed = await fetch_one(
-        conn,
-        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
-        (user_id, key, request_hash),
+async def claim_and_price(
+    conn: Conn, user_id: UUID, key: str | None, request_hash: str, item_ids: list[UUID]
+) -> tuple[bool, list[Row]]:
+    """(whether this call owns the Idempotency-Key, or True without one; the menu rows of
+    `item_ids`). Both statements are sent before either answer is read: one round trip in
+    pipeline mode, with the transaction's BEGIN. Reading the prices of a request that then
+    replays is harmless."""
+    claim = None
+    if key is not None:
+        claim = await send(
+            conn,
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
+            (user_id, key, request_hash),
+        )
+    items = await send(
+        conn, f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE id = ANY(%s)", (item_ids,)
     )
-    return claimed is not None
+    claimed = claim is None or await claim.fetchone() is not None
+    return claimed, await items.fetchall()
 
 
 async def idempotency_record(conn: Conn, user_id: UUID, key: str) -> Row | None:

@@ -9,6 +9,21 @@ from zapora.infra.db import Conn, Row, execute, fetch_one
 _USER_COLUMNS = "id, email, password_hash, full_name, role, is_active, created_at, updated_at"
 
 
+def user_unless_revoked_sql(join: str = "", columns: str = "") -> str:
+    """The user row with `revoked` telling whether this token (%(jti)s) or its family
+    (%(family)s) was revoked, for user %(id)s; `join` and `columns` add what a caller reads
+    in the same statement."""
+    return (
+        f"SELECT {_USER_COLUMNS},"
+        " (EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = %(jti)s)"
+        "  OR EXISTS (SELECT 1 FROM revoked_token_families WHERE family = %(family)s))"
+        f" AS revoked{columns} FROM users{join} WHERE users.id = %(id)s"
+    )
+
+
+_USER_UNLESS_REVOKED = user_unless_revoked_sql()
+
+
 async def user_unless_revoked(
     conn: Conn, user_id: UUID | str, jti: str, family: str | None
 ) -> Row | None:
@@ -17,12 +32,7 @@ async def user_unless_revoked(
     One round trip: the per-request user reload also checks revocation, so revocation holds
     without Redis and after Redis lost its data."""
     return await fetch_one(
-        conn,
-        f"SELECT {_USER_COLUMNS},"
-        " (EXISTS (SELECT 1 FROM revoked_tokens WHERE jti = %(jti)s)"
-        "  OR EXISTS (SELECT 1 FROM revoked_token_families WHERE family = %(family)s))"
-        " AS revoked FROM users WHERE id = %(id)s",
-        {"id": user_id, "jti": jti, "family": family or ""},
+        conn, _USER_UNLESS_REVOKED, {"id": user_id, "jti": jti, "family": family or ""}
     )
 
 

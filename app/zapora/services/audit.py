@@ -11,8 +11,10 @@ from loguru import logger
 from zapora.infra.db import Conn, Row
 from zapora.infra.metrics import AUDIT_EVENTS
 from zapora.repositories import audit as audit_repo
-from zapora.services.common import Origin, Page
+from zapora.services import pagination
+from zapora.services.common import Origin
 from zapora.services.context import Infra
+from zapora.services.pagination import Window
 
 
 class AuditService:
@@ -58,7 +60,14 @@ class AuditService:
         ).info("audit {}", action)
 
     async def list(
-        self, page: Page, actor_id: UUID | None, action: str | None
-    ) -> tuple[list[Row], int]:
-        async with self.infra.db.reader(fresh=True) as conn:
-            return await audit_repo.page(conn, page.limit, page.offset, actor_id, action)
+        self, window: Window, actor_id: UUID | None, action: str | None
+    ) -> tuple[list[Row], str | None]:
+        scope = f"audit:{actor_id or ''}:{action or ''}"
+        start = pagination.after(self.infra.cursors, scope, window)
+        found = await self.infra.db.read(
+            lambda conn: audit_repo.page(
+                conn, window.limit + 1, window.offset, start, actor_id, action
+            ),
+            fresh=True,
+        )
+        return pagination.finish(self.infra.cursors, scope, window, found, "occurred_at")

@@ -16,7 +16,7 @@ from loguru import logger
 from zapora.infra.db import Row
 from zapora.infra.errors import UNAVAILABLE
 from zapora.infra.metrics import DEGRADED, USERS_REGISTERED
-from zapora.infra.security import InvalidToken, hash_password, verify_password
+from zapora.infra.security import InvalidToken, TokenClaims, hash_password, verify_password
 from zapora.repositories import tokens as tokens_repo
 from zapora.repositories import users as users_repo
 from zapora.services.audit import AuditService
@@ -110,8 +110,7 @@ class AuthService:
         client_key = f"auth:fail:ip:{origin.client_ip}"
         await self._refuse_if_locked(account_key, client_key)
 
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await users_repo.by_email(conn, email)
+        user = await self.infra.db.read(lambda conn: users_repo.by_email(conn, email), fresh=True)
         candidate = user["password_hash"] if user else self._dummy_hash
         ok = await to_thread.run_sync(verify_password, password, candidate)
         if user is None or not ok:
@@ -220,8 +219,7 @@ class AuthService:
                 details={"family": family},
             )
             raise Unauthorized(BAD_TOKEN)
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await users_repo.by_id(conn, claims.sub)
+        user = await self.infra.db.read(lambda conn: users_repo.by_id(conn, claims.sub), fresh=True)
         if user is None or not user["is_active"]:
             raise Unauthorized(BAD_TOKEN)
         return self._issue_pair(user["id"], family)
@@ -240,24 +238,36 @@ class AuthService:
                 await tokens_repo.revoke_family(conn, actor.token_family, until)
 
     async def authenticate(self, token: str) -> tuple[Actor, Row]:
-        try:
-            claims = self.infra.tokens.decode(token, "access")
-        except InvalidToken as exc:
-            raise Unauthorized(BAD_TOKEN) from exc
+        claims = self.access_claims(token)
         # Read on the primary on purpose: a deactivation, role change or revocation applies at
         # once. Revocations live in PostgreSQL, checked in this same query: no Redis needed.
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await tokens_repo.user_unless_revoked(conn, claims.sub, claims.jti, claims.fam)
+        user = await self.infra.db.read(
+            lambda conn: tokens_repo.user_unless_revoked(conn, claims.sub, claims.jti, claims.fam),
+            fresh=True,
+        )
+        actor = self.actor_for(claims, user)
+        assert user is not None  # actor_for refused a missing row
+        return actor, user
+
+    def access_claims(self, token: str) -> TokenClaims:
+        try:
+            return self.infra.tokens.decode(token, "access")
+        except InvalidToken as exc:
+            raise Unauthorized(BAD_TOKEN) from exc
+
+    @staticmethod
+    def actor_for(claims: TokenClaims, user: Row | None) -> Actor:
+        """The caller, from the row of tokens_repo.user_unless_revoked (read on the primary in
+        the request): refused when the user is gone or inactive or the token revoked."""
         if user is None or user["revoked"] or not user["is_active"]:
             raise Unauthorized(BAD_TOKEN)
-        actor = Actor(
+        return Actor(
             id=user["id"],
             role=Role(user["role"]),
             token_jti=claims.jti,
             token_exp=claims.exp,
             token_family=claims.fam,
         )
-        return actor, user
 
 
 def _uuid_or_none(value: str) -> UUID | None:

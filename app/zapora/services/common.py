@@ -67,6 +67,10 @@ class Invalid(DomainError):
     pass
 
 
+class BadRequest(DomainError):
+    """A request the schema allows but the server cannot use (e.g. a tampered cursor)."""
+
+
 class RateLimited(DomainError):
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail)

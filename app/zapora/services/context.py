@@ -12,6 +12,7 @@ from zapora.infra.errors import UNAVAILABLE
 from zapora.infra.metrics import DEGRADED
 from zapora.infra.redis import TracedRedis, redis_from_settings
 from zapora.infra.security import TokenCodec
+from zapora.services.pagination import CursorCodec
 from zapora.settings import Settings
 
 
@@ -21,6 +22,7 @@ class Infra:
     db: Database
     redis: TracedRedis
     tokens: TokenCodec
+    cursors: CursorCodec
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Infra:
@@ -42,6 +44,7 @@ class Infra:
                 settings.jwt_audience,
                 settings.jwt_leeway_seconds,
             ),
+            cursors=CursorCodec(settings.jwt_secret.get_secret_value()),
         )
 
     async def open(self) -> None:

@@ -71,12 +71,12 @@ class MenuService:
 
     # --- menus ----------------------------------------------------------------------
     async def list_menus(self, page: Page, fresh: bool) -> tuple[list[Row], int]:
-        async with self.infra.db.reader(fresh=fresh) as conn:
-            return await repo.menus_page(conn, page.limit, page.offset)
+        return await self.infra.db.read(
+            lambda conn: repo.menus_page(conn, page.limit, page.offset), fresh=fresh
+        )
 
     async def get_menu(self, menu_id: UUID, fresh: bool) -> Row:
-        async with self.infra.db.reader(fresh=fresh) as conn:
-            row = await repo.menu(conn, menu_id)
+        row = await self.infra.db.read(lambda conn: repo.menu(conn, menu_id), fresh=fresh)
         if row is None:
             raise NotFound("Menu not found.")
         return row
@@ -151,10 +151,12 @@ class MenuService:
 
     async def _read_list(self, page: Page, flt: ItemFilter) -> CachedList:
         # Misses read the primary so the cache never holds rows a replica has not caught up on.
-        async with self.infra.db.reader(fresh=True) as conn:
-            rows, total = await repo.items_page(
+        rows, total = await self.infra.db.read(
+            lambda conn: repo.items_page(
                 conn, page.limit, page.offset, flt.menu_id, flt.available, flt.q
-            )
+            ),
+            fresh=True,
+        )
         body = json.dumps(
             {"items": rows, "total": total, "limit": page.limit, "offset": page.offset},
             default=_json_default,
@@ -164,8 +166,7 @@ class MenuService:
         return CachedList(body, etag)
 
     async def get_item(self, item_id: UUID, fresh: bool) -> Row:
-        async with self.infra.db.reader(fresh=fresh) as conn:
-            row = await repo.item(conn, item_id)
+        row = await self.infra.db.read(lambda conn: repo.item(conn, item_id), fresh=fresh)
         if row is None:
             raise NotFound("Menu item not found.")
         return row

@@ -17,15 +17,15 @@ class UserService:
         self.audit = audit
 
     async def get(self, user_id: UUID) -> Row:
-        async with self.infra.db.reader(fresh=True) as conn:
-            user = await users_repo.by_id(conn, user_id)
+        user = await self.infra.db.read(lambda conn: users_repo.by_id(conn, user_id), fresh=True)
         if user is None:
             raise NotFound("User not found.")
         return user
 
     async def list(self, page: Page) -> tuple[list[Row], int]:
-        async with self.infra.db.reader(fresh=True) as conn:
-            return await users_repo.page(conn, page.limit, page.offset)
+        return await self.infra.db.read(
+            lambda conn: users_repo.page(conn, page.limit, page.offset), fresh=True
+        )
 
     async def update(
         self,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import re
 import socket
 import ssl
 import sys
 import threading
 import time
+import urllib.request
 
 FAILURES: list[str] = []
 
@@ -198,6 +200,65 @@ def cmd_loop(args) -> dict:
     return {"requests": n, "colours": colours, "failed_requests": len(failures)}
 
 
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """zapora_edge_http_responses_total by (status, colour), and the histogram's count
+    summed over colours under ("count", "")."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = re.match(r'^zapora_edge_http_responses_total\{(.*)\} (\S+)$', line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[(labels["status"], labels["colour"])] = float(m.group(2))
+        m = re.match(r'^zapora_edge_http_request_duration_seconds_count\{.*\} (\S+)$', line)
+        if m:
+            out[("count", "")] = out.get(("count", ""), 0.0) + float(m.group(1))
+    return out
+
+
+def cmd_counters(args) -> dict:
+    """Send requests that answer 200 (upstream, blue), 404 (upstream) and 429 (the limit,
+    answered by nginx: colour none), then check that mtail's counters moved by exactly
+    what this client saw."""
+    before = scrape(args.metrics)
+    conn = http.client.HTTPSConnection(args.host, args.port, context=context(args.ca), timeout=10)
+    sent: dict[tuple[str, str], int] = {}
+
+    def send(path: str) -> int:
+        status, _, payload = request(args, path=path, conn=conn)
+        # The echo server names its colour; nginx's own answers (problem+json) do not.
+        colour = payload.get("colour", "none") if isinstance(payload, dict) else "none"
+        sent[(str(status), colour)] = sent.get((str(status), colour), 0) + 1
+        return status
+
+    for _ in range(args.ok):
+        send("/menus")
+    for _ in range(args.not_found):
+        send("/_test/status/404")
+    tries = 0
+    while sent.get(("429", "none"), 0) < args.limited and tries < 60:
+        send("/menus")
+        tries += 1
+    conn.close()
+    expected = {k: float(v) for k, v in sent.items()}
+    expected[("count", "")] = float(sum(sent.values()))
+    deadline = time.monotonic() + 15  # mtail polls the log every 250 ms
+    while True:
+        after = scrape(args.metrics)
+        keys = set(after) | set(before)
+        moved = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in keys}
+        moved = {k: v for k, v in moved.items() if v}
+        if moved == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for code in ("200", "404", "429"):
+        check(any(k[0] == code for k in sent), f"no {code} among the answers: {sent}")
+    check(moved == expected, f"counters moved by {moved}, the client saw {expected}")
+    label = lambda d: {f"{k[0]}/{k[1]}" if k[1] else k[0]: v for k, v in sorted(d.items())}  # noqa: E731
+    return {"sent": label(sent), "counters_moved": label(moved)}
+
+
 def cmd_tls(args) -> dict:
     result = {}
     versions = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1,
@@ -232,6 +293,9 @@ def main() -> None:
     p = sub.add_parser("single"); p.add_argument("--path", default="/menus"); p.add_argument("--xff", default=""); p.add_argument("--want", type=int, default=0)
     p = sub.add_parser("loop"); p.add_argument("--seconds", type=float, default=120); p.add_argument("--until", default="green")
     p = sub.add_parser("tls"); p.add_argument("--accept", default="TLSv1.2,TLSv1.3")
+    p = sub.add_parser("counters"); p.add_argument("--metrics", required=True)
+    p.add_argument("--ok", type=int, default=3); p.add_argument("--not-found", type=int, default=3)
+    p.add_argument("--limited", type=int, default=3)
     args = parser.parse_args()
     out = globals()["cmd_" + args.cmd](args)
     out["failures"] = FAILURES
