@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -24,16 +25,16 @@ IN_RECOVERY = AS_PG + "psql -X -At -c 'SELECT pg_is_in_recovery()'"
 TEXTFILES = "/var/lib/prometheus/node-exporter"
 
 
-def pgbackrest_info(lab: Lab, host: str) -> list[dict[str, object]]:
+def pgbackrest_info(lab: Lab, host: str) -> list[dict[str, Any]]:
     out = lab.ssh(host, AS_PG + "pgbackrest --stanza=zapora --output=json info").stdout
-    result: list[dict[str, object]] = json.loads(out)
+    result: list[dict[str, Any]] = json.loads(out)
     return result
 
 
 def test_every_repository_is_reachable_and_encrypted(lab: Lab) -> None:
     info = pgbackrest_info(lab, lab.groups["postgres"][0])[0]
     assert info["cipher"] == "aes-256-cbc"
-    repos = {r["key"]: r["cipher"] for r in info["repo"]}  # type: ignore[index]
+    repos = {r["key"]: r["cipher"] for r in info["repo"]}
     assert repos == {1: "aes-256-cbc", 2: "aes-256-cbc", 3: "aes-256-cbc"}, repos
 
 
@@ -47,6 +48,25 @@ def test_wal_is_archived(lab: Lab) -> None:
     assert out == "on|1min", out
 
 
+def test_backup_timers_are_scheduled_on_every_database_host(lab: Lab) -> None:
+    timers = "zapora-pgbackrest-backup@full.timer zapora-pgbackrest-backup@diff.timer"
+    for host in lab.groups["postgres"]:
+        out = lab.ssh(
+            host, f"systemctl is-enabled {timers} && systemctl is-active {timers}", check=False
+        )
+        assert out.returncode == 0, f"{host}: {out.stdout} {out.stderr}"
+
+
+def test_a_backup_run_on_the_replica_is_skipped(lab: Lab) -> None:
+    replicas = [h for h in lab.groups["postgres"] if lab.ssh(h, IN_RECOVERY).stdout.strip() == "t"]
+    assert replicas, "no replica in the lab's postgres group"
+    run = lab.ssh(replicas[0], "/usr/local/sbin/zapora-pgbackrest backup diff", check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"skipped the diff backup.*in recovery", run.stdout), run.stdout
+
+
+# Slow (about 5-7 min on the lab: three full backups, one per repository, then the
+# drill's restore and comparison): make test-e2e-full runs it.
 @pytest.mark.slow
 def test_restore_drill_matches_the_primary_and_exports_rto_rpo(lab: Lab) -> None:
     for repo in REPOS:
