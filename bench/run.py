@@ -8,6 +8,9 @@ to 127.0.0.1, and every run is bounded in time (about two minutes in all).
 GET /menu-items and the ceiling are measured in alternating rounds (median reported), so that
 other load on the machine affects both alike.
 
+Beside the server's CPU per request it prints PostgreSQL's (postmaster and backends) and
+Redis's, per request of the same run.
+
 Environment: BENCH_SECONDS (default 10), BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
 ZAPORA_WORKERS (2).
 PostgreSQL runs with its durable defaults (fsync on), unlike the test suite's.
@@ -93,7 +96,8 @@ def gunicorn(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
+    # A worker's imports alone take 20 s on a 2-core machine at load average 20.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1)
@@ -142,16 +146,28 @@ def cpu_seconds(master: int) -> float:
     pids = [str(master), *Path(f"/proc/{master}/task/{master}/children").read_text().split()]
     total = 0
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # a child that exited meanwhile (a PostgreSQL backend closed by its pool)
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / ticks
 
 
+# PostgreSQL's postmaster and Redis: their CPU per request is printed beside the server's
+# (set in main), to show where a request's time goes besides the API's own processes.
+BACKENDS: list[int] = []
+
+
 def measured(master: int, url: str, **kwargs: Any) -> dict[str, float]:
     before = cpu_seconds(master)
+    backends_before = sum(cpu_seconds(pid) for pid in BACKENDS)
     result = wrk(url, **kwargs)
     seconds = int(kwargs.get("seconds", SECONDS))
-    result["cpu_us_per_req"] = (cpu_seconds(master) - before) / (result["rps"] * seconds) * 1e6
+    requests = result["rps"] * seconds
+    result["cpu_us_per_req"] = (cpu_seconds(master) - before) / requests * 1e6
+    backends = sum(cpu_seconds(pid) for pid in BACKENDS) - backends_before
+    result["backend_cpu_us_per_req"] = backends / requests * 1e6
     return result
 
 
@@ -187,6 +203,8 @@ def main() -> int:
     secret.write_text(secrets.token_hex(32))
     results: dict[str, Any] = {}
     with servers_mod.started(durable=True) as servers:
+        assert servers.primary.proc is not None
+        BACKENDS[:] = [servers.primary.proc.pid, servers.redis_proc.pid]
         from zapora.migrate import upgrade
 
         upgrade(servers.primary.dsn())
@@ -282,14 +300,16 @@ def main() -> int:
     )
     print(
         f"{'endpoint':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-        f" {'server CPU us/req':>18}"
+        f" {'server CPU us/req':>18} {'PostgreSQL+Redis CPU us/req':>28}"
     )
     for name, row in results.items():
         if isinstance(row, dict):
             cpu = row.get("cpu_us_per_req")
+            backend = row.get("backend_cpu_us_per_req")
             print(
                 f"{name:34} {row['rps']:9.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f}"
                 f" {row['errors']:8.0f} {'' if cpu is None else f'{cpu:18.0f}'}"
+                f" {'' if backend is None else f'{backend:28.0f}'}"
             )
     ratio = results["GET /menu-items (cached)"]["rps"] / results["ceiling GET /constant"]["rps"]
     print(

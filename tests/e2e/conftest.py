@@ -11,9 +11,12 @@ import shutil
 import ssl
 import subprocess
 import sys
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,3 +193,64 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
                 "a whole site.yml run (about 8 min); `make test` keeps CI within its time budget, "
                 "`make test-e2e-full` runs it",
             )
+
+
+def api_client() -> httpx.Client:
+    """A client for the API through the edge (https://127.0.0.1:8443, the lab's CA)."""
+    return httpx.Client(base_url=API_URL, verify=edge_tls(), timeout=10)
+
+
+def api_login(c: httpx.Client, email: str, password: str) -> dict[str, str]:
+    r = c.post("/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def order_journey(lab: Lab) -> None:
+    """Register, login, menu, order through the edge; the worker records the order's event."""
+    admin_password = lab_secret("app_admin_password")
+    with api_client() as c:
+        admin = api_login(c, "admin@zapora.example.com", admin_password)
+        menu = c.post("/menus", json={"name": f"e2e {uuid.uuid4().hex[:6]}"}, headers=admin)
+        assert menu.status_code == 201, menu.text
+        item = c.post(
+            "/menu-items",
+            json={
+                "menu_id": menu.json()["id"],
+                "name": "Pierogi",
+                "price_minor": 1250,
+                "currency": "PLN",
+            },
+            headers=admin,
+        )
+        assert item.status_code == 201, item.text
+        email = f"e2e-{uuid.uuid4().hex[:8]}@zapora.example.com"
+        r = c.post(
+            "/auth/register",
+            json={"email": email, "password": "e2e customer password", "full_name": "E2E"},
+        )
+        assert r.status_code == 201, r.text
+        customer = api_login(c, email, "e2e customer password")
+        listed = c.get("/menu-items", params={"menu_id": menu.json()["id"]})
+        assert listed.status_code == 200, listed.text
+        assert item.json()["id"] in [i["id"] for i in listed.json()["items"]]
+        order = c.post(
+            "/orders",
+            json={"items": [{"menu_item_id": item.json()["id"], "quantity": 2}]},
+            headers={**customer, "Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert order.status_code == 201, order.text
+        assert order.json()["total_minor"] == 2500
+    order_id = order.json()["id"]
+    # The worker records the order's event from the Redis stream into order_events.
+    query = f"SELECT count(*) FROM order_events WHERE order_id = '{order_id}'"
+    deadline = time.monotonic() + 30
+    seen = "0"
+    while time.monotonic() < deadline and seen == "0":
+        for db in lab.groups["postgres"]:
+            out = lab.ssh(db, f'runuser -u postgres -- psql -d zapora -tAc "{query}"', check=False)
+            seen = out.stdout.strip() or seen
+            if seen not in ("", "0"):
+                break
+        time.sleep(1)
+    assert seen not in ("", "0"), f"the worker did not process order {order_id} in 30 s"

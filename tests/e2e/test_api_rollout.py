@@ -14,23 +14,24 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import API_URL, Lab, app_state, edge_tls, lab_secret, run_playbook
+from tests.e2e.conftest import (
+    Lab,
+    api_client,
+    app_state,
+    order_journey,
+    run_playbook,
+)
 
 pytestmark = pytest.mark.e2e
 
 # Fast settings for the tests' deploys (production defaults are a 20 s watch, 30 s drain).
 FAST = ("app_watch_seconds=8", "app_drain_seconds=3", "app_ready_timeout=40")
-
-
-def client() -> httpx.Client:
-    return httpx.Client(base_url=API_URL, verify=edge_tls(), timeout=10)
 
 
 def active(lab: Lab) -> tuple[str, str]:
@@ -42,12 +43,6 @@ def active(lab: Lab) -> tuple[str, str]:
     }
     assert len(pairs) == 1, f"app hosts disagree: {pairs}"
     return pairs.pop()
-
-
-def login(c: httpx.Client, email: str, password: str) -> dict[str, str]:
-    r = c.post("/auth/login", json={"email": email, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 class Load:
@@ -62,7 +57,7 @@ class Load:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.limit_s
-        with client() as c:
+        with api_client() as c:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     self.status[str(c.get(self.path).status_code)] += 1
@@ -109,7 +104,7 @@ def derived_release(lab: Lab, tag_suffix: str, dockerfile_tail: str, tmp: Path) 
 
 
 def test_api_answers_through_the_edge(lab: Lab) -> None:
-    with client() as c:
+    with api_client() as c:
         r = c.get("/health/ready")
     assert r.status_code == 200, r.text
     # The replica is reported too (informational): in the lab it runs, so it is ok.
@@ -122,52 +117,7 @@ def test_api_answers_through_the_edge(lab: Lab) -> None:
 
 
 def test_register_login_menu_order_and_worker(lab: Lab) -> None:
-    admin_password = lab_secret("app_admin_password")
-    with client() as c:
-        admin = login(c, "admin@zapora.example.com", admin_password)
-        menu = c.post("/menus", json={"name": f"e2e {uuid.uuid4().hex[:6]}"}, headers=admin)
-        assert menu.status_code == 201, menu.text
-        item = c.post(
-            "/menu-items",
-            json={
-                "menu_id": menu.json()["id"],
-                "name": "Pierogi",
-                "price_minor": 1250,
-                "currency": "PLN",
-            },
-            headers=admin,
-        )
-        assert item.status_code == 201, item.text
-        email = f"e2e-{uuid.uuid4().hex[:8]}@zapora.example.com"
-        r = c.post(
-            "/auth/register",
-            json={"email": email, "password": "e2e customer password", "full_name": "E2E"},
-        )
-        assert r.status_code == 201, r.text
-        customer = login(c, email, "e2e customer password")
-        listed = c.get("/menu-items", params={"menu_id": menu.json()["id"]})
-        assert listed.status_code == 200, listed.text
-        assert item.json()["id"] in [i["id"] for i in listed.json()["items"]]
-        order = c.post(
-            "/orders",
-            json={"items": [{"menu_item_id": item.json()["id"], "quantity": 2}]},
-            headers={**customer, "Idempotency-Key": uuid.uuid4().hex},
-        )
-        assert order.status_code == 201, order.text
-        assert order.json()["total_minor"] == 2500
-    order_id = order.json()["id"]
-    # The worker records the order's event from the Redis stream into order_events.
-    query = f"SELECT count(*) FROM order_events WHERE order_id = '{order_id}'"
-    deadline = time.monotonic() + 30
-    seen = "0"
-    while time.monotonic() < deadline and seen == "0":
-        for db in lab.groups["postgres"]:
-            out = lab.ssh(db, f'runuser -u postgres -- psql -d zapora -tAc "{query}"', check=False)
-            seen = out.stdout.strip() or seen
-            if seen not in ("", "0"):
-                break
-        time.sleep(1)
-    assert seen not in ("", "0"), f"the worker did not process order {order_id} in 30 s"
+    order_journey(lab)
 
 
 def test_status_reports_colour_release_and_edges(lab: Lab) -> None:
@@ -200,7 +150,7 @@ def _bad_deploy(lab: Lab, tmp_path: Path, suffix: str, tail: str) -> tuple[str, 
     assert active(lab) == before, "the old release is not the active one any more"
     lock = lab.ssh(lab.groups["app"][0], "test -e /var/lib/zapora/rollout/deploy.lock", check=False)
     assert lock.returncode != 0, "the deploy lock was left behind"
-    with client() as c:
+    with api_client() as c:
         assert c.get("/health/ready").status_code == 200
     return result.stdout, load
 

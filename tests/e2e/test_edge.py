@@ -98,9 +98,11 @@ def test_admin_ui_asks_the_allowlisted_controller_for_a_password() -> None:
     assert "www-authenticate" in headers
 
 
-def test_active_colour_file_exists(lab: Lab) -> None:
-    out = lab.ssh("edge1", "cat /etc/nginx/zapora/active-colour.conf").stdout
-    assert "set $zapora_active_colour" in out
+def test_one_active_colour_marker_that_nginx_checks(lab: Lab) -> None:
+    markers = lab.ssh("edge1", "ls /var/lib/zapora/edge-colour").stdout.split()
+    assert len(markers) == 1 and markers[0] in ("blue", "green"), markers
+    conf = lab.ssh("edge1", "cat /etc/nginx/zapora/active-colour.conf").stdout
+    assert f"if (-f /var/lib/zapora/edge-colour/{markers[0]})" in conf, conf
 
 
 def test_rate_limit_then_the_bucket_drains() -> None:

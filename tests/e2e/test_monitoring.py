@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, Lab
+from tests.e2e.conftest import REPO, Lab, order_journey
 from tests.e2e.test_edge import get
 
 pytestmark = pytest.mark.e2e
@@ -141,9 +141,7 @@ def business_events(lab: Lab) -> None:
     """The API's labelled counters (orders, revenue, audit events) have series only after
     their first event in the running process, and a deploy or rollback starts new
     processes: one register, login, menu and order journey through the edge first."""
-    from tests.e2e.test_api_rollout import test_register_login_menu_order_and_worker
-
-    test_register_login_menu_order_and_worker(lab)
+    order_journey(lab)
 
 
 @pytest.mark.parametrize("source", ["rules", "dashboards"])

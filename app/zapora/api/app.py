@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from zapora.api import openapi, problems
+from zapora.api.fast_orders import OrderFastPath
 from zapora.api.fast_path import CachedMenuItems
 from zapora.api.middleware import RequestContextMiddleware
 from zapora.api.routers import audit, auth, health, menus, orders, users
@@ -48,7 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": settings.otlp_endpoint is not None, "metrics": False, "logs": False},
     )
     problems.install(app)
-    # Added first, so it runs inside RequestContextMiddleware.
+    # Added first, so they run inside RequestContextMiddleware: the common case of the hot
+    # order routes (api/fast_orders.py), then the cached list (api/fast_path.py).
+    app.add_middleware(OrderFastPath)
     app.add_middleware(CachedMenuItems)
     app.add_middleware(
         RequestContextMiddleware,

@@ -67,9 +67,14 @@ async def fresh_reads(request: Request, services: ServicesDep) -> bool:
     Public reads take an optional token only as this routing hint, so they read the header
     themselves: a security requirement in the OpenAPI document would tell clients the token
     is needed."""
+    return await fresh_for(services, request.headers.get("authorization", ""))
+
+
+async def fresh_for(services: Services, authorization: str) -> bool:
+    """fresh_reads for this Authorization header's value."""
     if services.infra.db.replica is None:
         return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return False
     try:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import psycopg
 from loguru import logger
 from opentelemetry.trace import SpanKind
-from psycopg import AsyncConnection, AsyncCursor
+from psycopg import AsyncConnection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -119,16 +119,16 @@ class Database:
         return await pool.getconn(timeout)
 
     @asynccontextmanager
-    async def transaction(self, *, pipeline: bool = False) -> AsyncIterator[Conn]:
-        """A transaction on the primary. With `pipeline`, in libpq's pipeline mode: statements
-        go out without waiting for the previous one's answer, and the client waits only where
-        it reads a result (`send` several, then fetch) and at COMMIT, so BEGIN travels with the
-        first statement and the last writes travel with COMMIT."""
-        if not pipeline:
-            async with self._on(self.primary) as conn, conn.transaction():
-                yield conn
-            return
-        async with self._on(self.primary) as conn, conn.pipeline(), conn.transaction():
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """A transaction on the primary."""
+        async with self._on(self.primary) as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def writer(self) -> AsyncIterator[Conn]:
+        """A connection on the primary in autocommit: each statement is its own transaction
+        (for a change made by one statement: no BEGIN or COMMIT round trip)."""
+        async with self._on(self.primary) as conn:
             yield conn
 
     @asynccontextmanager
@@ -192,15 +192,6 @@ class Database:
             raise
         finally:
             await pool.putconn(conn)
-
-
-async def send(conn: Conn, sql: str, params: Params = ()) -> AsyncCursor[Row]:
-    """Run a statement and return its cursor unread: in pipeline mode the statement is only
-    queued, so several can share one round trip before their rows are fetched."""
-    with tracer.start_as_current_span(_span_name(sql), kind=SpanKind.CLIENT) as span:
-        span.set_attribute("db.system", "postgresql")
-        span.set_attribute("db.statement", sql)
-        return await conn.execute(sql, params)
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:

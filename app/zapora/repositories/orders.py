@@ -4,46 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
-from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one, send
+from zapora.infra.db import Conn, Row, execute, fetch_all, fetch_one
 from zapora.repositories import keyset, tokens
-from zapora.repositories.menus import ITEM_COLUMNS
 
 _COLUMNS = "id, user_id, status, total_minor, currency, notes, version, created_at, updated_at"
-
-
-async def insert(
-    conn: Conn, user_id: UUID, total_minor: int, currency: str, notes: str | None
-) -> Row:
-    row = await fetch_one(
-        conn,
-        "INSERT INTO orders (user_id, total_minor, currency, notes) VALUES (%s, %s, %s, %s)"
-        f" RETURNING {_COLUMNS}",
-        (user_id, total_minor, currency, notes),
-    )
-    assert row is not None
-    return row
-
-
-async def insert_lines(conn: Conn, order_id: UUID, lines: list[dict[str, Any]]) -> None:
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO order_items (order_id, line_no, menu_item_id, name, quantity,"
-            " unit_price_minor) VALUES (%s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    order_id,
-                    n,
-                    line["menu_item_id"],
-                    line["name"],
-                    line["quantity"],
-                    line["unit_price_minor"],
-                )
-                for n, line in enumerate(lines, start=1)
-            ],
-        )
 
 
 async def lines(conn: Conn, order_ids: list[UUID]) -> dict[UUID, list[Row]]:
@@ -134,26 +100,96 @@ async def set_status(conn: Conn, order_id: UUID, status: str) -> Row | None:
     )
 
 
-async def claim_and_price(
-    conn: Conn, user_id: UUID, key: str | None, request_hash: str, item_ids: list[UUID]
-) -> tuple[bool, list[Row]]:
-    """(whether this call owns the Idempotency-Key, or True without one; the menu rows of
-    `item_ids`). Both statements are sent before either answer is read: one round trip in
-    pipeline mode, with the transaction's BEGIN. Reading the prices of a request that then
-    replays is harmless."""
-    claim = None
-    if key is not None:
-        claim = await send(
-            conn,
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
-            " ON CONFLICT DO NOTHING RETURNING 1 AS claimed",
-            (user_id, key, request_hash),
-        )
-    items = await send(
-        conn, f"SELECT {ITEM_COLUMNS} FROM menu_items WHERE id = ANY(%s)", (item_ids,)
+# POST /orders in one statement, hence one round trip and one commit: the caller's row with
+# its token's revocation state, an earlier use of the Idempotency-Key, the menu rows of the
+# lines, and, only when the caller may order, the key is unused and every item is available
+# in one currency: the order, its lines, its outbox event, the audit event of a staff order
+# and the key's stored response. A concurrent request that claims the same key first makes
+# this statement fail on the key's primary key, so none of its writes remain.
+_CREATE = (
+    "WITH caller AS ("
+    + tokens.user_unless_revoked_sql()
+    + "), existing AS (SELECT request_hash, response_status, response_body"
+    " FROM idempotency_keys WHERE user_id = %(id)s AND key = %(key)s),"
+    " wanted AS (SELECT w.line_no, w.menu_item_id, w.quantity, m.name, m.price_minor,"
+    " m.currency, m.available FROM (SELECT (l.line->>0)::uuid AS menu_item_id,"
+    " (l.line->>1)::int AS quantity, l.line_no FROM json_array_elements(%(lines)s::json)"
+    " WITH ORDINALITY AS l(line, line_no)) w LEFT JOIN menu_items m ON m.id = w.menu_item_id),"
+    " go AS (SELECT caller.role FROM caller WHERE caller.is_active AND NOT caller.revoked"
+    " AND NOT EXISTS (SELECT 1 FROM existing)"
+    " AND (SELECT bool_and(available IS TRUE) AND count(DISTINCT currency) = 1 FROM wanted)),"
+    " new_order AS (INSERT INTO orders (user_id, total_minor, currency, notes)"
+    " SELECT %(id)s::uuid, (SELECT sum(quantity * price_minor) FROM wanted),"
+    " (SELECT min(currency) FROM wanted), %(notes)s FROM go"
+    f" RETURNING {_COLUMNS}),"
+    " new_lines AS (INSERT INTO order_items (order_id, line_no, menu_item_id, name, quantity,"
+    " unit_price_minor) SELECT o.id, w.line_no, w.menu_item_id, w.name, w.quantity,"
+    " w.price_minor FROM new_order o, wanted w),"
+    " body AS (SELECT o.id, o.status, o.version, o.total_minor, rtrim(o.currency) AS currency,"
+    " json_build_object('id', o.id, 'user_id', o.user_id, 'status', o.status, 'items',"
+    " (SELECT json_agg(json_build_object('menu_item_id', w.menu_item_id, 'name', w.name,"
+    " 'quantity', w.quantity, 'unit_price_minor', w.price_minor) ORDER BY w.line_no)"
+    " FROM wanted w), 'total_minor', o.total_minor, 'currency', rtrim(o.currency),"
+    " 'notes', o.notes, 'version', o.version, 'created_at', o.created_at,"
+    " 'updated_at', o.updated_at) AS body FROM new_order o),"
+    " event AS (INSERT INTO outbox (topic, aggregate_id, payload) SELECT %(topic)s,"
+    " b.id::text, jsonb_build_object('event', 'order.created', 'order_id', b.id::text,"
+    " 'status', b.status, 'version', b.version::text, 'occurred_at',"
+    " to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"'))"
+    " FROM body b),"
+    " audit AS (INSERT INTO audit_events (actor_id, action, target_type, target_id,"
+    " client_ip, request_id) SELECT %(id)s::uuid, 'order.created', 'order', b.id::text,"
+    " %(client_ip)s::text, %(request_id)s::text FROM body b, go"
+    " WHERE go.role IN ('staff', 'admin')),"
+    " claim AS (INSERT INTO idempotency_keys (user_id, key, request_hash, response_status,"
+    " response_body) SELECT %(id)s::uuid, %(key)s, %(hash)s, 201, b.body::jsonb FROM body b"
+    " WHERE %(key)s::text IS NOT NULL)"
+    " SELECT (SELECT role FROM caller WHERE is_active AND NOT revoked) AS role,"
+    " (SELECT row_to_json(existing) FROM existing) AS existing,"
+    " (SELECT json_agg(json_build_object('line_no', line_no, 'currency', currency,"
+    " 'available', available) ORDER BY line_no) FROM wanted) AS lines,"
+    " (SELECT body FROM body) AS body, (SELECT total_minor FROM body) AS total_minor,"
+    " (SELECT currency FROM body) AS currency"
+)
+
+
+async def create(
+    conn: Conn,
+    user_id: str,
+    jti: str,
+    family: str | None,
+    key: str | None,
+    request_hash: str,
+    items: list[tuple[UUID, int]],
+    notes: str | None,
+    topic: str,
+    client_ip: str | None,
+    request_id: str | None,
+) -> Row:
+    """Run _CREATE (autocommit: the statement is its own transaction). Its row: `role` (NULL
+    when the caller may not act), `existing` (the key's earlier use), `lines` (line_no,
+    currency, available, in line order), and when the order was made `body`, `total_minor`
+    and `currency`. Raises psycopg.errors.UniqueViolation when a concurrent request
+    claimed the key first."""
+    row = await fetch_one(
+        conn,
+        _CREATE,
+        {
+            "id": user_id,
+            "jti": jti,
+            "family": family or "",
+            "key": key,
+            "hash": request_hash,
+            # One text parameter rather than two arrays: cheaper for the client to send.
+            "lines": json.dumps([[str(item_id), quantity] for item_id, quantity in items]),
+            "notes": notes,
+            "topic": topic,
+            "client_ip": client_ip,
+            "request_id": request_id,
+        },
     )
-    claimed = claim is None or await claim.fetchone() is not None
-    return claimed, await items.fetchall()
+    assert row is not None
+    return row
 
 
 async def idempotency_record(conn: Conn, user_id: UUID, key: str) -> Row | None:
@@ -162,17 +198,6 @@ async def idempotency_record(conn: Conn, user_id: UUID, key: str) -> Row | None:
         "SELECT request_hash, response_status, response_body FROM idempotency_keys"
         " WHERE user_id = %s AND key = %s",
         (user_id, key),
-    )
-
-
-async def store_idempotent_response(
-    conn: Conn, user_id: UUID, key: str, status: int, body: dict[str, Any]
-) -> None:
-    await execute(
-        conn,
-        "UPDATE idempotency_keys SET response_status = %s, response_body = %s"
-        " WHERE user_id = %s AND key = %s",
-        (status, json.dumps(body), user_id, key),
     )
 
 

@@ -47,6 +47,19 @@ class AuditService:
         else:
             async with self.infra.db.transaction() as own:
                 await audit_repo.insert(own, params)
+        self.announce(action, actor_id, origin, (target_type, target_id), details or {})
+
+    @staticmethod
+    def announce(
+        action: str,
+        actor_id: UUID | None,
+        origin: Origin,
+        target: tuple[str | None, object | None],
+        details: dict[str, Any],
+    ) -> None:
+        """The metric and the log line of an audit event (written by record, or by the
+        caller's own SQL); `target` is (type, id)."""
+        target_type, target_id = target
         AUDIT_EVENTS.labels(action).inc()
         logger.bind(
             kind="audit",
@@ -56,7 +69,7 @@ class AuditService:
             target_type=target_type,
             target_id=None if target_id is None else str(target_id),
             client_ip=origin.client_ip,
-            details=details or {},
+            details=details,
         ).info("audit {}", action)
 
     async def list(

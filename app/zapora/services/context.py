@@ -15,6 +15,14 @@ from zapora.infra.security import TokenCodec
 from zapora.services.pagination import CursorCodec
 from zapora.settings import Settings
 
+# The per-user write counter: INCRBY then EXPIRE NX (the window's key lives 61 s), as one
+# script so that a write costs one command.
+_COUNT_WRITE = """
+local count = redis.call('INCRBY', KEYS[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
+return count
+"""
+
 
 @dataclass
 class Infra:
@@ -77,10 +85,8 @@ class Infra:
         now = int(time.time())
         key = f"rl:w:{user_id}:{now // 60}"
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 61, nx=True)
-                count, _ = await pipe.execute()
+            # One command (the script) rather than a pipeline of two: less client work.
+            count = await self.redis.eval(_COUNT_WRITE, 1, key, 61)
         except UNAVAILABLE:
             DEGRADED.labels("redis", "write_rate_limit").inc()
             return 0

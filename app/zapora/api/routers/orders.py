@@ -23,6 +23,7 @@ from zapora.api.openapi import BAD_CURSOR, errors
 from zapora.api.schemas import CursorPageOut, OrderIn, OrderOut, OrderStatus, StatusIn
 from zapora.api.strict_json import StrictJSONRoute
 from zapora.services.common import Unauthorized
+from zapora.services.orders import Caller
 
 router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictJSONRoute)
 
@@ -56,7 +57,10 @@ async def create_order(
     services = await get_services(request)
     origin = await get_origin(request)
     items = [(line.menu_item_id, line.quantity) for line in body.items]
-    status, order = await services.orders.create(actor, origin, items, body.notes, idempotency_key)
+    caller = Caller(str(actor.id), actor.token_jti, actor.token_family)
+    status, order, _ = await services.orders.create(
+        caller, origin, items, body.notes, idempotency_key
+    )
     return JSONResponse(order, status_code=status)
 
 
