@@ -26,7 +26,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout clean
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -134,3 +134,8 @@ bench-lists: setup-test  ## list latency (p50/p99) of orders and audit events at
 
 bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
 	python bench/rollout.py
+
+# The lab by default; any Patroni cluster's inventory (molecule's) with BENCH_INVENTORY=...
+BENCH_INVENTORY ?= $(LAB_INVENTORY)
+bench-failover: setup  ## 10 PostgreSQL primary kills per mode (sync, async) via failover-drill.yml: failover median/max, lost writes
+	python bench/failover.py --inventory $(BENCH_INVENTORY) $(BENCH_ARGS)
