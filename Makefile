@@ -12,6 +12,10 @@ export ANSIBLE_FORCE_COLOR := false
 export ZAPORA_BASE_IMAGE := $(shell images/base/build.sh --ref)
 
 ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml)))
+# The longest scenarios start first, so that the last of them does not run alone at the end.
+MOLECULE_LONGEST_FIRST = pgbackrest postgresql docker redis common nginx
+ROLES_IN_RUN_ORDER = $(foreach r,$(MOLECULE_LONGEST_FIRST),$(filter $(r),$(ROLES_WITH_SCENARIOS))) \
+  $(filter-out $(MOLECULE_LONGEST_FIRST),$(ROLES_WITH_SCENARIOS))
 PLAYBOOKS = $(wildcard playbooks/*.yml)
 PY_DIRS = $(wildcard app tests bench scripts)
 LAB_INVENTORY := inventory/lab
@@ -84,7 +88,7 @@ MOLECULE_JOBS ?= 3
 test-roles: image  ## molecule test for every role with a scenario (MOLECULE_JOBS at a time)
 	@test -n "$(ROLES_WITH_SCENARIOS)" || { echo "ERROR: no role has a molecule scenario: test-roles ran nothing"; exit 1; }
 	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt
-	@printf '%s\n' $(ROLES_WITH_SCENARIOS) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-role.sh {} $(RESULTS)
+	@printf '%s\n' $(ROLES_IN_RUN_ORDER) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-role.sh {} $(RESULTS)
 
 test-e2e-suite: setup  ## the end-to-end tests only (without the slow ones), against the lab as it runs now
 	$(call pytest,e2e,-m "e2e and not slow" tests/e2e)
