@@ -137,7 +137,7 @@ def edge_limits(exempt: bool) -> None:
     extra = (EXEMPT,) if exempt else ()
     result = run_playbook("edge.yml", *extra)
     if result.returncode != 0:
-        print(result.stdout[-4000:])
+        print(result.stdout[-4000:], result.stderr[-2000:])
         raise SystemExit(f"edge.yml ({'exempting' if exempt else 'restoring'} the limits) failed")
 
 
