@@ -30,7 +30,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover clean
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-backup clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -138,6 +138,9 @@ bench-lists: setup-test  ## list latency (p50/p99) of orders and audit events at
 
 bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
 	python bench/rollout.py
+
+bench-backup: setup  ## 1 GB database: full backup and restore time per repository, RPO under a trickle (the lab must be up)
+	python bench/backup.py $(BENCH_ARGS)
 
 # The lab by default; any Patroni cluster's inventory (molecule's) with BENCH_INVENTORY=...
 BENCH_INVENTORY ?= $(LAB_INVENTORY)
