@@ -90,8 +90,8 @@ test-roles: image  ## molecule test for every role with a scenario (MOLECULE_JOB
 	@mkdir -p $(RESULTS); rm -f $(RESULTS)/molecule.txt
 	@printf '%s\n' $(ROLES_IN_RUN_ORDER) | xargs -P $(MOLECULE_JOBS) -I{} scripts/molecule-role.sh {} $(RESULTS)
 
-test-e2e-suite: setup  ## the end-to-end tests only (without the slow ones), against the lab as it runs now
-	$(call pytest,e2e,-m "e2e and not slow" tests/e2e)
+test-e2e-suite: setup  ## the end-to-end tests only (without the slow ones), against the lab as it runs now (the alert test beside the rest)
+	scripts/e2e-suite.sh $(RESULTS)
 
 test-e2e: lab  ## bring the lab up (make lab), then the end-to-end suite against it (without the slow ones)
 	$(call pytest,e2e,-m "e2e and not slow" tests/e2e)

@@ -6,6 +6,7 @@ start or skip around it: when the lab is down they fail and say how to start it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import ssl
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +148,23 @@ def lab() -> Lab:
     return result
 
 
+OUTAGE_LOCK = REPO / ".cache" / "e2e-node-exporter-outage.lock"
+
+
+@contextmanager
+def node_exporter_outage(exclusive: bool) -> Iterator[None]:
+    """The alert test stops a node_exporter while `make test-e2e-suite` runs the other
+    tests in a second pytest process (scripts/e2e-suite.sh). It holds this lock
+    exclusively for the outage; a test that needs every target up holds it shared."""
+    OUTAGE_LOCK.parent.mkdir(exist_ok=True)
+    with OUTAGE_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 API_URL = "https://127.0.0.1:8443"
 SECRETS = REPO / ".lab" / "secrets"
 # The lab edge's certificate is signed by this CA (nginx role, tls_internal_ca).
@@ -187,10 +207,12 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
     from tests.not_run import record
 
     for item in items:
-        if item.get_closest_marker("slow"):
+        slow = item.get_closest_marker("slow")
+        if slow:
+            what = slow.kwargs.get("reason", "a whole site.yml run (about 8 min)")
             record(
                 f"e2e {item.nodeid}",
-                "a whole site.yml run (about 8 min); `make test` keeps CI within its time budget, "
+                f"{what}; `make test` keeps CI within its time budget, "
                 "`make test-e2e-full` runs it",
             )
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, Lab, order_journey
+from tests.e2e.conftest import REPO, Lab, node_exporter_outage, order_journey
 from tests.e2e.test_edge import get
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +110,12 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def test_every_target_is_up() -> None:
-    with urllib.request.urlopen(f"{PROM}/api/v1/targets?state=active", timeout=15) as resp:
+    # Not while the alert test (maybe in the other pytest process) holds app2's
+    # node_exporter down.
+    with (
+        node_exporter_outage(exclusive=False),
+        urllib.request.urlopen(f"{PROM}/api/v1/targets?state=active", timeout=15) as resp,
+    ):
         targets = json.load(resp)["data"]["activeTargets"]
     jobs = {t["labels"]["job"] for t in targets}
     assert {"node", "prometheus", "alertmanager"} <= jobs, jobs
@@ -202,6 +207,14 @@ def test_instance_down_reaches_the_webhook(lab: Lab) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host = "app2"
     try:
+        with node_exporter_outage(exclusive=True):
+            instance_down_fires_and_resolves(lab, host)
+    finally:
+        server.shutdown()
+
+
+def instance_down_fires_and_resolves(lab: Lab, host: str) -> None:
+    try:
         lab.ssh(host, "systemctl stop prometheus-node-exporter")
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not _alerts("firing", "InstanceDown", host):
@@ -212,15 +225,10 @@ def test_instance_down_reaches_the_webhook(lab: Lab) -> None:
         assert firing[0]["annotations"]["runbook"] == "docs/alerts.md#instancedown"
     finally:
         lab.ssh(host, "systemctl start prometheus-node-exporter")
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not _alerts("resolved", "InstanceDown", host):
-            time.sleep(5)
-        assert _alerts("resolved", "InstanceDown", host), (
-            "InstanceDown did not resolve within 180 s"
-        )
-    finally:
-        server.shutdown()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not _alerts("resolved", "InstanceDown", host):
+        time.sleep(5)
+    assert _alerts("resolved", "InstanceDown", host), "InstanceDown did not resolve within 180 s"
 
 
 def test_stacks_not_started_say_why(lab: Lab) -> None:
