@@ -148,6 +148,11 @@ def test_backup_then_point_in_time_restore_then_drill(lab: Lab) -> None:
     drill = run_playbook("restore-drill.yml", "drill_repo=s3")
     assert drill.returncode == 0, drill.stdout[-3000:]
     assert_drill_report(lab, drill.stdout, "s3")
+    # The drill's copy is stopped, not left running without its directory (it once was:
+    # pg_ctl refused to stop it as root, and the next drill could not start).
+    for host in lab.groups["postgres"]:
+        left = lab.ssh(host, "pgrep -f 'postgres -D /var/lib/postgresql/restore'", check=False)
+        assert left.returncode == 1, f"{host}: a restored copy still runs: {left.stdout}"
 
 
 def assert_drill_report(lab: Lab, output: str, repo: str) -> None:
