@@ -168,9 +168,9 @@ def assert_drill_report(lab: Lab, output: str, repo: str) -> None:
         ), prom
 
 
-# Slow (about 4-6 min on the lab: a full backup to Azure and to GCS, then a drill from
-# each): make test-e2e-full runs it. CI's set proves S3 with the test above.
-@pytest.mark.slow(reason="a full backup to Azure and to GCS and a drill from each (about 5 min)")
+# Slow (about 2 min on an idle lab: a full backup to Azure and to GCS, then a drill from
+# each, back to back): make test-e2e-full runs it. CI's set proves S3 with the test above.
+@pytest.mark.slow(reason="a full backup to Azure and to GCS and a drill from each (about 2 min)")
 def test_backup_and_drill_from_azure_and_gcs(lab: Lab) -> None:
     for repo in ("azure", "gcs"):
         backup = run_playbook("backup.yml", f"backup_repo={repo}", "backup_type=full")
