@@ -40,11 +40,12 @@ DB = "bench_backup"
 AS_PG = "runuser -u postgres -- "
 
 
-def hosts() -> tuple[dict[str, str], list[str]]:
+def hosts() -> dict[str, str]:
+    """The postgres group's hosts and their addresses, from the inventory."""
     inv = _inventory()
     hostvars: dict[str, dict[str, object]] = inv["_meta"]["hostvars"]  # type: ignore[index]
     postgres: list[str] = inv["postgres"]["hosts"]  # type: ignore[index]
-    return {h: str(hostvars[h]["ansible_host"]) for h in postgres}, postgres
+    return {h: str(hostvars[h]["ansible_host"]) for h in postgres}
 
 
 def psql(address: str, sql: str, db: str = "postgres", timeout: int = 600) -> str:
@@ -122,7 +123,7 @@ def main() -> int:
     parser.add_argument("--rpo-seconds", type=int, default=150)
     args = parser.parse_args()
     repos = args.repos.split(",")
-    addresses, _ = hosts()
+    addresses = hosts()
     primary_name, replica_name = roles(addresses)
     primary, replica = addresses[primary_name], addresses[replica_name]
     print(f"primary {primary_name}, restores on {replica_name}, repositories {repos}")
