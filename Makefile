@@ -33,7 +33,7 @@ endef
         test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-backup clean
 
 help:  ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 setup:  ## install what the controller lacks (Docker engine, debootstrap, .venv); idempotent
 	@scripts/setup.sh

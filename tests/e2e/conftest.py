@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.documented import Shape, require_documented
+
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "inventory" / "lab"
 LAB_KEY = REPO / ".lab" / "id_ed25519"
@@ -180,10 +182,29 @@ def edge_tls() -> ssl.SSLContext:
 def run_playbook(
     name: str, *extra_vars: str, timeout: int = 900
 ) -> subprocess.CompletedProcess[str]:
-    """Run playbooks/<name> against the lab (never raises: callers check rc and output)."""
+    """Run playbooks/<name> against the lab with test-only settings (the deploy tests' short
+    watch and drain, a derived release). A test of a command operators run uses
+    run_documented instead. Never raises: callers check rc and output."""
     args = [venv_tool("ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / name)]
     for var in extra_vars:
         args += ["-e", var]
+    return subprocess.run(
+        args, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
+    )
+
+
+def run_documented(
+    name: str, *flags: str, timeout: int = 900, **extra_vars: object
+) -> subprocess.CompletedProcess[str]:
+    """Run playbooks/<name> against the lab the way the docs show it: the flags and the
+    names of the `-e` variables must be a form README.md or docs/ show (tests/documented.py);
+    the values are the test's. Never raises: callers check rc and output."""
+    require_documented(Shape("playbook", name, tuple(sorted(flags)), frozenset(extra_vars)))
+    args = [venv_tool("ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / name)]
+    for flag in flags:
+        args += flag.split()
+    for var, value in extra_vars.items():
+        args += ["-e", f"{var}={value}" if isinstance(value, str) else json.dumps({var: value})]
     return subprocess.run(
         args, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO
     )

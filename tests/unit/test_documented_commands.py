@@ -1,0 +1,126 @@
+"""Every command the docs show is run as the docs show it, by CI or by a test.
+
+Documented commands come from README.md and docs/ (tests/documented.py). A command is
+covered when CI runs it itself (the steps of `make test` and `make lab`, `.ci/run`'s
+`make lab-down`), when a test runs it through `run_documented` / `run_make` (found here by
+reading the tests' source), or when NOT_RUN below says why it cannot run in CI; those are
+listed as NOT RUN in `make test`'s summary.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from tests.documented import REPO, Shape, documented, parse, run_make
+from tests.not_run import record
+
+# Documented, not run by CI, and why. A line here is a decision, not a skip: the summary
+# lists each one.
+NOT_RUN = {
+    "make bench": "a benchmark (minutes of load); its figures are in docs/performance.md",
+    "make bench-lists": "a benchmark (builds 1M-row tables); figures in docs/performance.md",
+    "make bench-rollout": "a benchmark (20 deploys under load); figures in docs/rollout.md",
+    "make bench-failover": "a benchmark (10 primary kills per mode); figures in docs/postgresql.md",
+    "make bench-failover BENCH_ARGS=…": "the same benchmark with other arguments",
+    "make bench-backup": "a benchmark (a 1 GB database per repository); docs/postgresql.md",
+    "make test-e2e-full": "CI runs the same suite without its slow tests (make test-e2e-suite)",
+    "make lock": "re-resolves every pin against PyPI and rewrites requirements/; run by hand",
+}
+
+
+def _make_recipe(target: str) -> str:
+    text = (REPO / "Makefile").read_text()
+    m = re.search(rf"^{re.escape(target)}:.*?\n((?:\t.*\n|[ ]+.*\n)+)", text, re.M)
+    assert m, f"the Makefile has no recipe for {target}"
+    return m.group(1)
+
+
+def run_by_ci() -> set[Shape]:
+    """What `.ci/run` runs itself: make test (its steps), make lab (its playbooks), make
+    lab-down. Read from the Makefile and .ci/run, so a step taken out drops out here."""
+    shapes = {Shape("make", "test"), Shape("make", "lab-down")}
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, re.M) and "make lab-down" in ci, "CI's commands moved"
+    test = _make_recipe("test")
+    steps = set(re.findall(r"\bfor t in ([a-z -]+);", test))
+    names = {n for group in steps for n in group.split()}
+    names |= set(re.findall(r"\$\(call step,([a-z0-9-]+)\)", test))
+    names |= set(re.findall(r"\$\(MAKE\) --no-print-directory ([a-z0-9-]+)", test))
+    assert {"lab", "lint", "test-unit", "test-app", "test-roles"} <= names, names
+    # make setup runs first in every target that needs it (their prerequisite).
+    shapes |= {Shape("make", n) for n in names | {"setup"}}
+    for line in _make_recipe("lab").splitlines():
+        shape = parse(line.replace("$(LAB_INVENTORY)", "inventory/lab"))
+        if shape:
+            shapes.add(shape)
+    assert Shape("playbook", "site.yml") in shapes, "make lab no longer runs site.yml"
+    # make test-roles runs `make test-role ROLE=<role>` for each scenario.
+    if "test-role ROLE=" in (REPO / "scripts" / "molecule-role.sh").read_text():
+        shapes.add(Shape("make", "test-role", (), frozenset({"ROLE"})))
+    return shapes
+
+
+def _literal(node: ast.expr) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def run_by_tests() -> dict[Shape, str]:
+    """Each run_documented(...) / run_make(...) call in tests/, with literal arguments."""
+    found: dict[Shape, str] = {}
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+                continue
+            if node.func.id not in ("run_documented", "run_make") or not node.args:
+                continue
+            args = [_literal(a) for a in node.args]
+            assert None not in args, f"{path}:{node.lineno}: give the command as literals"
+            names = frozenset(k.arg for k in node.keywords if k.arg and k.arg != "timeout")
+            kind = "playbook" if node.func.id == "run_documented" else "make"
+            flags = tuple(sorted(a for a in args[1:] if a))
+            where = f"{path.relative_to(REPO)}:{node.lineno}"
+            found.setdefault(Shape(kind, str(args[0]), flags, names), where)
+    return found
+
+
+def test_every_documented_command_is_run_as_documented() -> None:
+    docs = documented()
+    assert len(docs) > 20, f"found only {len(docs)} documented commands: is the parser broken?"
+    ci, tests = run_by_ci(), run_by_tests()
+    missing = [
+        f"{shape}  (shown in {', '.join(where)})"
+        for shape, where in sorted(docs.items(), key=lambda kv: str(kv[0]))
+        if shape not in ci and shape not in tests and str(shape) not in NOT_RUN
+    ]
+    assert not missing, "documented but run by no test and not in NOT_RUN:\n" + "\n".join(missing)
+    for what, why in NOT_RUN.items():
+        record(f"`{what}` as documented", why)
+
+
+def test_not_run_lists_only_documented_commands() -> None:
+    shown = {str(s) for s in documented()}
+    stale = sorted(set(NOT_RUN) - shown)
+    assert not stale, f"NOT_RUN names commands the docs no longer show: {stale}"
+
+
+def test_tests_run_only_documented_forms() -> None:
+    docs = documented()
+    undocumented = [f"{s} at {w}" for s, w in run_by_tests().items() if s not in docs]
+    assert not undocumented, "tests run forms the docs do not show:\n" + "\n".join(undocumented)
+
+
+def test_make_help_lists_every_target_the_readme_names() -> None:
+    result = run_make("help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    listed = set(re.findall(r"^\s+([a-z][a-z0-9-]*)\s", result.stdout, re.M))
+    readme = {
+        s.name for s, where in documented().items() if s.kind == "make" and "README.md" in where
+    }
+    assert readme <= listed, f"make help does not list {sorted(readme - listed)}"
+
+
+def test_make_test_role_without_a_role_says_how_to_call_it() -> None:
+    result = run_make("test-role", timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "usage: make test-role ROLE=<name>" in result.stdout + result.stderr
