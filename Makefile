@@ -41,13 +41,16 @@ setup:  ## install what the controller lacks (Docker engine, debootstrap, .venv)
 setup-test:  ## setup, plus the test machine's servers (PostgreSQL, Redis, wrk; services left stopped)
 	@scripts/setup.sh --test
 
-image: setup  ## build the Debian 13 systemd base image if its recipe changed
+image: setup  ## build the Debian 13 systemd base image and the API image, each only when its sources changed
 	@images/base/build.sh >/dev/null
 	@echo ">> base image $(ZAPORA_BASE_IMAGE)"
+	@# The API image once per run: the lab's deploy and the API's image test reuse its layers.
+	@echo ">> API image $$(scripts/build-release.sh | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')"
 
 lab: image  ## bring the whole appliance up on the local lab, deploy the checkout, print its URLs
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-up.yml
-	ansible-playbook -i $(LAB_INVENTORY) playbooks/site.yml
+	@# site.yml, unless these hosts were converged from the same sources (LAB_CONVERGE=1 forces it)
+	scripts/lab-converge.sh $(LAB_INVENTORY)
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/deploy.yml
 	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-status.yml
 

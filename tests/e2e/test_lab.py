@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 
 import pytest
 
+from tests.documented import run_make
 from tests.e2e.conftest import Lab
 
 pytestmark = pytest.mark.e2e
@@ -123,3 +125,29 @@ def test_the_lab_has_exactly_one_container_per_host(lab: Lab) -> None:
         check=True,
     ).stdout.split()
     assert sorted(out) == sorted(lab.container(h) for h in lab.hosts)
+
+
+def _container_ids(lab: Lab) -> dict[str, str]:
+    return {h: str(docker_inspect(lab.container(h))["Id"]) for h in lab.hosts}
+
+
+def test_make_lab_up_on_the_running_lab_keeps_every_host(lab: Lab) -> None:
+    """`make lab-up` (docs/lab.md) on a running lab converges it: the same containers."""
+    before = _container_ids(lab)
+    result = run_make("lab-up")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert _container_ids(lab) == before, "make lab-up replaced running lab hosts"
+
+
+def test_make_lab_status_lists_every_host_and_url(lab: Lab) -> None:
+    result = run_make("lab-status", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for host in lab.hosts.values():
+        assert re.search(rf"\b{host.name}\s+{re.escape(host.address)}\s+Up\b", result.stdout), (
+            f"{host.name} is not listed as up: {result.stdout[-2000:]}"
+        )
+    # Every URL the inventory names, with what answers there now.
+    assert "https://127.0.0.1:8443/" in result.stdout
+    assert re.search(r"https://127\.0\.0\.1:8443/\s+answers \(\d{3}\)", result.stdout), (
+        result.stdout[-2000:]
+    )
