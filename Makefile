@@ -29,7 +29,7 @@ define pytest
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests for $(1)"; exit 1; fi; exit $$rc
 endef
 
-.PHONY: help setup setup-test image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
+.PHONY: help setup setup-test image api-image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
         test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-backup clean
 
 help:  ## list the targets
@@ -41,10 +41,11 @@ setup:  ## install what the controller lacks (Docker engine, debootstrap, .venv)
 setup-test:  ## setup, plus the test machine's servers (PostgreSQL, Redis, wrk; services left stopped)
 	@scripts/setup.sh --test
 
-image: setup  ## build the Debian 13 systemd base image and the API image, each only when its sources changed
+image: setup  ## build the Debian 13 systemd base image if its recipe changed
 	@images/base/build.sh >/dev/null
 	@echo ">> base image $(ZAPORA_BASE_IMAGE)"
-	@# The API image once per run: the lab's deploy and the API's image test reuse its layers.
+
+api-image: image  ## build the API image and its release archive (scripts/build-release.sh) if its sources changed
 	@echo ">> API image $$(scripts/build-release.sh | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')"
 
 lab: image  ## bring the whole appliance up on the local lab, deploy the checkout, print its URLs
@@ -118,7 +119,7 @@ test:  ## every test: the lab and the end-to-end suite in the background from th
 	  if $(MAKE) --no-print-directory lab >$(RESULTS)/lab.log 2>&1; then s=ok; else s=FAILED; fi; \
 	  echo $$s >$(RESULTS)/lab.rc; echo "lab $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt; \
 	  if [ $$s = ok ]; then ( $(call step,test-e2e-suite) ) >$(RESULTS)/e2e.log 2>&1; fi ) & lab_pid=$$!; \
-	for t in lint test-unit test-rules test-app test-roles; do $(call step,$$t); done; \
+	for t in api-image lint test-unit test-rules test-app test-roles; do $(call step,$$t); done; \
 	wait $$lab_pid || true; \
 	if [ "$$(cat $(RESULTS)/lab.rc 2>/dev/null)" = ok ]; then \
 	  echo "==== make lab: ok"; cat $(RESULTS)/e2e.log; \

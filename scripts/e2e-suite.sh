@@ -1,27 +1,42 @@
 #!/usr/bin/env bash
-# CI's end-to-end set against the running lab, in two pytest processes side by side:
+# CI's end-to-end set against the running lab, in three pytest processes side by side:
 #   scripts/e2e-suite.sh RESULTS_DIR
-# The InstanceDown alert test is mostly waiting (the rule's `for: 2m`, then the resolve),
-# so it runs in a process of its own beside the rest instead of adding ~3 min to the
-# chain. The only test it could disturb, "every target is up", waits for its outage
-# through a lock (tests/e2e/conftest.py, node_exporter_outage). Each process writes its
-# own JUnit file (e2e.xml, e2e-alert.xml); a process that collects nothing fails.
+# - the data tier's files (test_database*, test_backup*, test_redis*: PostgreSQL, its
+#   backups, Redis), JUnit e2e-data.xml;
+# - every other file (the app tier: the edge, deploys, the hosts, monitoring), e2e.xml;
+# - the InstanceDown alert test, which is mostly waiting (the rule's `for: 2m`, then the
+#   resolve), e2e-alert.xml.
+# The two tiers' tests wait for each other only where one disturbs what the other relies
+# on: each test holds a shared or exclusive lock per tier (tests/e2e/conftest.py,
+# lab_tiers), so a deploy runs beside a backup but never beside a failover. A process
+# that collects nothing fails.
 set -uo pipefail
 results="$1"
 alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook"
+data_files=(tests/e2e/test_database*.py tests/e2e/test_backup*.py tests/e2e/test_redis*.py)
 mkdir -p "$results"
+ignore_data=()
+for f in "${data_files[@]}"; do ignore_data+=(--ignore "$f"); done
 
 pytest --junitxml="$results/e2e-alert.xml" -m "e2e and not slow" "$alert_test" \
     >"$results/e2e-alert.log" 2>&1 &
 alert_pid=$!
-pytest --junitxml="$results/e2e.xml" -m "e2e and not slow" --deselect "$alert_test" tests/e2e
-rest=$?
+pytest --junitxml="$results/e2e-data.xml" -m "e2e and not slow" --durations=15 "${data_files[@]}" \
+    >"$results/e2e-data.log" 2>&1 &
+data_pid=$!
+pytest --junitxml="$results/e2e.xml" -m "e2e and not slow" --durations=15 \
+    --deselect "$alert_test" "${ignore_data[@]}" tests/e2e
+app=$?
+wait "$data_pid"
+data=$?
 wait "$alert_pid"
 alert=$?
+echo "==== the data tier's process (beside the rest):"
+cat "$results/e2e-data.log"
 echo "==== the alert test's process (beside the rest):"
 cat "$results/e2e-alert.log"
 rc=0
-for pair in "e2e:$rest" "e2e-alert:$alert"; do
+for pair in "e2e:$app" "e2e-data:$data" "e2e-alert:$alert"; do
     name="${pair%%:*}" code="${pair##*:}"
     if [[ $code -eq 5 ]]; then
         echo "ERROR: pytest collected no tests for $name"

@@ -6,6 +6,7 @@ start or skip around it: when the lab is down they fail and say how to start it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import shutil
@@ -165,6 +166,53 @@ def node_exporter_outage(exclusive: bool) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# `make test-e2e-suite` runs the app tier's and the data tier's files in two pytest
+# processes side by side (scripts/e2e-suite.sh). What keeps them from spoiling each
+# other: every test holds a lock per tier it relies on, shared by default, exclusive
+# where it disturbs that tier (a deploy switches the app tier's colour and loads the
+# edge; a failover takes the data tier's primary away). Declare it with
+# `@pytest.mark.lab(shared=("data",), exclusive=("app",))`; no marker = both shared.
+# A waiting exclusive holder goes before new shared ones (the turnstile), and tiers
+# are always taken in the same order, so no two tests wait on each other.
+TIERS = ("app", "data")
+LOCK_DIR = REPO / ".cache" / "e2e-locks"
+
+
+@contextmanager
+def _tier_lock(tier: str, exclusive: bool) -> Iterator[None]:
+    LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    with (
+        (LOCK_DIR / f"{tier}.turnstile").open("a") as turnstile,
+        (LOCK_DIR / f"{tier}.lock").open("a") as lock,
+    ):
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def lab_tiers(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("lab")
+    shared = set(marker.kwargs.get("shared", ())) if marker else set(TIERS)
+    exclusive = set(marker.kwargs.get("exclusive", ())) if marker else set()
+    assert (shared | exclusive) <= set(TIERS), f"unknown tier in {marker}"
+    started = time.monotonic()
+    with contextlib.ExitStack() as held:
+        for tier in TIERS:
+            if tier in exclusive or tier in shared:
+                held.enter_context(_tier_lock(tier, tier in exclusive))
+        waited = time.monotonic() - started
+        if waited > 5:
+            print(f"waited {waited:.0f} s for the lab's {sorted(shared | exclusive)} tier(s)")
+        yield
 
 
 API_URL = "https://127.0.0.1:8443"

@@ -136,6 +136,7 @@ def test_status_reports_colour_release_and_edges(lab: Lab) -> None:
     assert f"routes to {colour}" in result.stdout
 
 
+@pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
 def test_second_deploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
     before = active(lab)
     result = run_playbook("deploy.yml", *FAST)
@@ -163,6 +164,7 @@ def _bad_deploy(lab: Lab, tmp_path: Path, suffix: str, tail: str) -> tuple[str, 
     return result.stdout, load
 
 
+@pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
 def test_release_never_ready_is_refused_and_old_keeps_serving(lab: Lab, tmp_path: Path) -> None:
     # Readiness compares the schema with the release's head: a head that never exists.
     tail = (
@@ -208,6 +210,7 @@ m.create_app = create_app
 WATCH_EXPOSURE_S = 6
 
 
+@pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
 def test_release_failing_after_switch_is_switched_back(lab: Lab, tmp_path: Path) -> None:
     encoded = base64.b64encode(BROKEN_UNDER_TRAFFIC.encode()).decode()
     tail = f"USER root\nRUN echo {encoded} | base64 -d > /opt/zapora/sitecustomize.py\nUSER zapora"
@@ -224,6 +227,7 @@ def test_release_failing_after_switch_is_switched_back(lab: Lab, tmp_path: Path)
     assert load.failed <= bound, f"clients saw {load.failed} failures, more than {bound:.0f}"
 
 
+@pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
 def test_rollback_returns_to_the_previous_release(lab: Lab, tmp_path: Path) -> None:
     colour, release = active(lab)
     extra = derived_release(lab, "next", "LABEL org.zapora.e2e=next", tmp_path)

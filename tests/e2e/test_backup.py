@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Lab, run_playbook
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
 REPOS = ("s3", "azure", "gcs")
 AS_PG = "runuser -u postgres -- "

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import REPO, Lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
 PATRONICTL = "patronictl -c /etc/patroni/config.yml"
 CA = "/etc/zapora-ca/ca.crt"  # on the CA host; copied to app1 by the fixture
@@ -123,6 +123,7 @@ def test_row_written_on_the_primary_is_read_on_the_replica(lab: Lab, client: str
     assert seen
 
 
+@pytest.mark.lab(exclusive=("data",))  # the primary goes away: the API cannot write
 def test_frozen_primary_fails_over_and_keeps_the_row(lab: Lab, client: str) -> None:
     token = uuid.uuid4().hex
     psql(lab, client, "read-write", f"INSERT INTO e2e_probe (token) VALUES ('{token}')")

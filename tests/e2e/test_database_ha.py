@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.conftest import INVENTORY, REPO, Lab, run_documented, venv_tool
 from tests.e2e.test_database import client, members, psql  # noqa: F401 - the client fixture
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
 # A functional bound, as in test_database.py: the speed is measured and printed (goal
 # median 15 s, max 20 s: docs/postgresql.md), the lab shares 2 cores with CI.
@@ -33,6 +33,7 @@ def leader(lab: Lab) -> str:
     return next(str(m["Member"]) for m in members(lab) if m["Role"] == "Leader")
 
 
+@pytest.mark.lab(exclusive=("data",))  # the primary moves
 def test_switchover_hands_over_keeps_rows_and_is_safe_to_rerun(
     lab: Lab,
     client: str,  # noqa: F811 - pytest fixture
@@ -74,6 +75,7 @@ def test_switchover_hands_over_keeps_rows_and_is_safe_to_rerun(
     assert leader(lab) == new
 
 
+@pytest.mark.lab(exclusive=("data",))  # the primary is killed
 def test_failover_drill_kills_the_primary_loses_no_acknowledged_write_and_heals(
     lab: Lab,
 ) -> None:

@@ -202,6 +202,9 @@ def _alerts(status: str, alertname: str, host: str) -> list[dict[str, Any]]:
     ]
 
 
+# Three minutes of waiting, in a process of its own: it holds no tier (its outage has
+# its own lock, node_exporter_outage), so it keeps no other test waiting.
+@pytest.mark.lab()
 def test_instance_down_reaches_the_webhook(lab: Lab) -> None:
     server = HTTPServer((lab.gateway, WEBHOOK_PORT), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.conftest import Lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
 BACKUP = "/usr/local/sbin/zapora-redis-backup"
 

@@ -39,11 +39,13 @@ def assert_nothing_changed(lab: Lab, result: subprocess.CompletedProcess[str]) -
 
 
 @pytest.mark.slow
+@pytest.mark.lab(exclusive=("app", "data"))
 def test_a_second_site_run_changes_nothing(lab: Lab) -> None:
     assert_nothing_changed(lab, run_site())
 
 
 @pytest.mark.slow
+@pytest.mark.lab(exclusive=("app", "data"))
 def test_check_mode_on_the_converged_lab_reports_no_change(lab: Lab) -> None:
     # Runs after the idempotence test above (file order), on a converged lab.
     assert_nothing_changed(lab, run_site("--check"))
