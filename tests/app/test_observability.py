@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from zapora.infra import metrics
 from zapora.migrate import head_revision
 
 from . import servers as srv
-from .conftest import Catalog, People, app_for, make_settings
+from .conftest import Catalog, People, app_for, make_settings, register
 
 
 def test_live(client: TestClient) -> None:
@@ -112,21 +114,61 @@ def test_access_and_audit_log_lines(
     assert audit[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
 
 
+Sample = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _sample(name: str, labels: dict[str, str]) -> Sample:
+    return name, tuple(sorted(labels.items()))
+
+
+def _samples() -> dict[Sample, float]:
+    """Every sample this process exports, parsed from the exposition text."""
+    text = metrics.render()[0].decode()
+    return {
+        _sample(sample.name, sample.labels): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def test_metrics_red_and_business(client: TestClient, people: People, catalog: Catalog) -> None:
-    client.post(
-        "/orders",
-        json={"items": [{"menu_item_id": catalog.items[0]["id"], "quantity": 2}]},
-        headers=people.customer.headers,
-    )
-    client.get(f"/menus/{catalog.menu_id}")
+    soup = catalog.items[0]
+    reads = 3
+    before = _samples()
+    register(client, "newcomer@example.com")
+    order = {"items": [{"menu_item_id": soup["id"], "quantity": 2}]}
+    headers = {**people.customer.headers, "Idempotency-Key": "metrics-1"}
+    r = client.post("/orders", json=order, headers=headers)
+    assert r.status_code == 201, r.text
+    total = r.json()["total_minor"]
+    assert total == 2 * soup["price_minor"]
+    # A retry of the same order is answered again but is not a second order.
+    again = client.post("/orders", json=order, headers=headers)
+    assert again.status_code == 201 and again.json()["id"] == r.json()["id"]
+    for _ in range(reads):
+        assert client.get(f"/menus/{catalog.menu_id}").status_code == 200
+    assert client.get(f"/menus/{uuid.uuid4()}").status_code == 404
+    after = _samples()
+    changed = {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+    def delta(name: str, **labels: str) -> float:
+        return changed.get(_sample(name, labels), 0.0)
+
+    # RED: requests by route and status, and their durations.
+    route = {"method": "GET", "route": "/menus/{menu_id}"}
+    assert delta("zapora_http_requests_total", **route, status="200") == reads
+    assert delta("zapora_http_requests_total", **route, status="404") == 1
+    assert delta("zapora_http_request_duration_seconds_count", **route) == reads + 1
+    assert delta("zapora_http_request_duration_seconds_bucket", **route, le="+Inf") == reads + 1
+    post = {"method": "POST", "route": "/orders", "status": "201"}
+    assert delta("zapora_http_requests_total", **post) == 2
+    # Business: one order in the item's currency, its total as revenue, one registration.
+    currency = soup["currency"]
+    assert delta("zapora_orders_created_total", currency=currency) == 1
+    assert delta("zapora_order_revenue_minor_total", currency=currency) == total
+    assert delta("zapora_users_registered_total") == 1
     # Not on the public port (the counters include revenue): its own listener serves them.
     assert client.get("/metrics").status_code == 404
-    text = metrics.render()[0].decode()
-    assert 'zapora_http_requests_total{method="GET",route="/menus/{menu_id}",status="200"}' in text
-    assert "zapora_http_request_duration_seconds_bucket" in text
-    assert 'zapora_orders_created_total{currency="EUR"}' in text
-    assert 'zapora_order_revenue_minor_total{currency="EUR"}' in text
-    assert "zapora_users_registered_total" in text
 
 
 def test_openapi_document(client: TestClient) -> None:

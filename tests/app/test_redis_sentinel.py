@@ -10,6 +10,7 @@ processes on loopback (tests/app/redis_sentinel_cluster.py renders the role's te
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -23,12 +24,13 @@ import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from zapora.settings import Settings
 
 from . import redis_sentinel_cluster as rsc
 from . import servers as srv
-from .conftest import app_for, make_settings
+from .conftest import app_for, login, make_settings, register
 
 FORBIDDEN = [
     ("CONFIG", "GET", "maxmemory"),
@@ -190,21 +192,70 @@ def test_the_api_user_is_refused_what_it_must_not_run(cluster: rsc.Cluster) -> N
         redis.Redis(port=cluster.primary_port(), username="default", password="x").ping()
 
 
-def _load(
-    client: TestClient,
-    headers: dict[str, str],
-    stop: threading.Event,
-    log: list[tuple[float, bool]],
-) -> None:
-    """Authenticated reads (each checks the revocation key in Redis), one every 20 ms."""
+# What the API counts when it serves a menu-item list without Redis (see _served_by_redis).
+_LIST_DEGRADATIONS = ("menu_item_list", "menu_item_fill")
+
+
+def _degraded() -> float:
+    return sum(
+        REGISTRY.get_sample_value(
+            "zapora_degraded_total", {"dependency": "redis", "operation": operation}
+        )
+        or 0.0
+        for operation in _LIST_DEGRADATIONS
+    )
+
+
+def _served_by_redis(client: TestClient, n: int) -> bool:
+    """GET /menu-items with a query no earlier request sent (offset n), so neither this
+    process's copy nor the list cache can answer it: the service reads the cache in Redis
+    (HMGET) and fills it (EVAL). Without Redis the list is still answered 200, from PostgreSQL
+    uncached, and counted in zapora_degraded_total: a 200 that counted no degradation is one
+    Redis served. (An authenticated read such as GET /users/me never touches Redis: token
+    revocations live in PostgreSQL.)"""
+    degraded = _degraded()
+    r = client.get("/menu-items", params={"limit": 1, "offset": n})
+    return r.status_code == 200 and _degraded() == degraded
+
+
+def _load(client: TestClient, stop: threading.Event, log: list[tuple[float, bool]]) -> None:
+    """Menu-item lists Redis must serve (_served_by_redis), one every 20 ms."""
+    n = 0
     while not stop.is_set():
         started = time.monotonic()
+        n += 1
         try:
-            ok = client.get("/users/me", headers=headers).status_code == 200
+            ok = _served_by_redis(client, n)
         except Exception:  # noqa: BLE001 - a failed request is what is being counted
             ok = False
         log.append((time.monotonic(), ok))
         time.sleep(max(0.0, 0.02 - (time.monotonic() - started)))
+
+
+def test_the_failover_probe_fails_without_redis(
+    servers: srv.Servers, secret_file: Path, tmp_path: Path
+) -> None:
+    """The probe the failover test counts with sees a Redis that is away, where an
+    authenticated read does not."""
+    port = srv.free_port()
+    proc = srv.start_redis(port, tmp_path)
+    settings = make_settings(
+        servers, secret_file, redis_url=f"redis://127.0.0.1:{port}/0", redis_retries=0
+    )
+    try:
+        with TestClient(app_for(settings)) as client:
+            register(client, "probe@example.com")
+            me = {"Authorization": f"Bearer {login(client, 'probe@example.com')['access_token']}"}
+            assert _served_by_redis(client, 1)
+            assert client.get("/users/me", headers=me).status_code == 200
+            proc.terminate()
+            proc.wait(10)
+            assert not _served_by_redis(client, 2)
+            assert client.get("/users/me", headers=me).status_code == 200
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
 
 
 def test_failover_needs_no_restart_of_api_or_worker(
@@ -225,14 +276,9 @@ def test_failover_needs_no_restart_of_api_or_worker(
             )
             local = app.state.services.menus.local
             srv.wait_until(lambda: local._listening)
-            r = client.post(
-                "/auth/login",
-                json={"email": "sally@example.com", "password": "correct horse battery"},
-            )
-            headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
             log: list[tuple[float, bool]] = []
             stop = threading.Event()
-            load = threading.Thread(target=_load, args=(client, headers, stop, log))
+            load = threading.Thread(target=_load, args=(client, stop, log))
             load.start()
             time.sleep(1)
             killed_at = time.monotonic()
@@ -241,13 +287,20 @@ def test_failover_needs_no_restart_of_api_or_worker(
             time.sleep(3)
             stop.set()
             load.join(10)
+            before = [ok for t, ok in log if t < killed_at]
             after = [(t, ok) for t, ok in log if t >= killed_at]
             failed = [t for t, ok in after if not ok]
             recovered = (max(failed) - killed_at) if failed else 0.0
+            # Requests waiting for the new primary (the client's retries) show as a gap.
+            times = [killed_at] + [t for t, _ in after]
+            gap = max(b - a for a, b in itertools.pairwise(times)) if after else 0.0
             print(
                 f"\nfailover {failover:.1f} s; requests after the kill {len(after)},"
-                f" failed {len(failed)}, all succeed again {recovered:.1f} s after the kill"
+                f" failed {len(failed)}, all succeed again {recovered:.1f} s after the kill,"
+                f" longest wait for an answer {gap:.1f} s"
             )
+            # Redis served every request before the kill, and again after the failover.
+            assert before and all(before)
             assert failover <= 15
             assert log[-1][1], "requests still fail after the failover"
             assert recovered <= failover + 5
