@@ -151,3 +151,17 @@ def test_make_lab_status_lists_every_host_and_url(lab: Lab) -> None:
     assert re.search(r"https://127\.0\.0\.1:8443/\s+answers \(\d{3}\)", result.stdout), (
         result.stdout[-2000:]
     )
+
+
+@pytest.mark.lab(shared=("data",), exclusive=("app",))  # its deploy.yml takes the deploy lock
+def test_a_second_make_lab_converges_nothing_and_deploys_nothing(lab: Lab) -> None:
+    """`make lab` again on an unchanged checkout: same hosts, site.yml not needed (the stamp
+    of scripts/lab-converge.sh), the release already active. (Its time is in docs/lab.md;
+    `make test-e2e-full` runs `make lab LAB_CONVERGE=1`, the full second converge.)"""
+    before = _container_ids(lab)
+    result = run_make("lab", timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert ">> site.yml: not run: these lab hosts were converged from the same" in out, out[-3000:]
+    assert re.search(r"Release \S+ is already active \(\w+\): nothing to deploy", out), out[-3000:]
+    assert _container_ids(lab) == before

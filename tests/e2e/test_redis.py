@@ -27,9 +27,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, Lab, api_client, lab_secret, run_playbook
+from tests.e2e.conftest import REPO, Lab, api_client, lab_secret, run_documented
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
 PORT = 6379
 SENTINEL_PORT = 26379
@@ -427,6 +427,8 @@ echo "value=$(redis-cli -p {port} --raw GET {snapshot.key})"
     assert left.stdout.strip() == "", f"the scratch Redis on {host} was left: {left.stdout}"
 
 
+# Both take Redis from the API for a moment, and ask the API through the edge after.
+@pytest.mark.lab(shared=("app",), exclusive=("data",))
 def test_redis_restore_playbook_brings_the_snapshot_back(
     lab: Lab, client: str, snapshot: Snapshot
 ) -> None:
@@ -440,10 +442,10 @@ def test_redis_restore_playbook_brings_the_snapshot_back(
     kept = {h: set(lab.ssh(h, aside).stdout.split()) for h in nodes.values()}
     started = time.monotonic()
     try:
-        run = run_playbook(
+        run = run_documented(
             "redis-restore.yml",
-            "redis_restore_confirm=yes",
-            f"redis_restore_key={snapshot.object_key}",
+            redis_restore_confirm="yes",
+            redis_restore_key=snapshot.object_key,
             timeout=300,
         )
         took = time.monotonic() - started
@@ -474,6 +476,7 @@ def test_redis_restore_playbook_brings_the_snapshot_back(
     print(f"redis-restore.yml: {took:.1f} s, healthy {time.monotonic() - started:.1f} s")
 
 
+@pytest.mark.lab(shared=("app",), exclusive=("data",))
 def test_failover_promotes_the_replica_and_the_old_primary_rejoins(lab: Lab, client: str) -> None:
     before = wait_healthy(lab, client, 60)
     nodes = data_nodes(lab)
