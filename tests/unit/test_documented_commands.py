@@ -26,6 +26,10 @@ NOT_RUN = {
     "make bench-backup": "a benchmark (a 1 GB database per repository); docs/postgresql.md",
     "make test-e2e-full": "CI runs the same suite without its slow tests (make test-e2e-suite)",
     "make lock": "re-resolves every pin against PyPI and rewrites requirements/; run by hand",
+    "playbooks/redis-restore.yml": "asks for yes at a terminal; tests/e2e/test_redis.py runs "
+    "the documented form that answers it (-e redis_restore_confirm=yes)",
+    "playbooks/redis-restore.yml -e redis_restore_key=…": "asks for yes at a terminal; "
+    "tests/e2e/test_redis.py runs the same restore with -e redis_restore_confirm=yes",
 }
 
 
