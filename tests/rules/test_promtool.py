@@ -1,9 +1,9 @@
 """The prometheus role's alert rules, checked and unit-tested by promtool on the controller.
 
 promtool comes from Debian's `prometheus` package (`make setup-test` installs it). The
-CI host's Debian 12 ships promtool 2.42, the lab's Debian 13 ships 2.53: the role's
-molecule verify runs the same unit tests with 2.53 on a Debian 13 host, so both
-versions are covered.
+CI host's Debian 12 ships promtool 2.42, the lab's Debian 13 ships 2.53: the e2e test
+tests/e2e/test_monitoring.py::test_rule_unit_tests_pass_with_mon1s_promtool runs the
+same unit tests with mon1's 2.53, so both versions are covered.
 """
 
 from __future__ import annotations
