@@ -35,6 +35,11 @@ SECRET_FILES = {
     "pgpass_owner": "postgresql_zapora_owner_password",
     "admin_password": "app_admin_password",
 }
+# The *_FILE settings of the api and worker containers (compose/zapora.yml).
+SECRET_PATHS = {
+    "ZAPORA_JWT_SECRET_FILE": "/run/secrets/jwt_secret",
+    "ZAPORA_REDIS_PASSWORD_FILE": "/run/secrets/redis_password",
+}
 ADMIN_EMAIL = "admin@zapora.example.com"
 
 
@@ -127,17 +132,20 @@ def test_active_colour_runs_api_and_worker_with_no_secret_in_their_settings(lab:
             content = content.strip()
             secrets.add(content.rsplit(":", 1)[-1] if name.startswith("pgpass") else content)
         secrets.discard("")
+        # Five distinct values at least, or the search below would prove little.
+        assert len(secrets) >= len(SECRET_FILES), f"{host}: empty or shared secrets"
         # The whole of `docker inspect` (Config.Env, Cmd, Labels, Mounts...), not only
         # the environment: a secret may be nowhere in a container's settings.
         leaked = [f"{s[:4]}..." for s in secrets if s in inspect]
-        assert not leaked, f"{host}: secret values in docker inspect of zapora-{active}"
+        assert not leaked, f"{host}: secrets in docker inspect of zapora-{active}: {leaked}"
         for container in json.loads(inspect):
-            env = container["Config"]["Env"]
-            for variable in ("ZAPORA_JWT_SECRET_FILE", "ZAPORA_REDIS_PASSWORD_FILE"):
-                setting = [e for e in env if e.startswith(f"{variable}=")]
-                assert setting and setting[0].split("=", 1)[1].startswith("/run/secrets/"), (
-                    f"{host} {container['Name']}: {variable} is {setting}"
-                )
+            env = dict(e.split("=", 1) for e in container["Config"]["Env"])
+            # What the containers get instead: the secret files' paths.
+            files = {k: env.get(k) for k in SECRET_PATHS}
+            assert files == SECRET_PATHS, f"{host} {container['Name']}: {files}"
+            assert "passfile=/run/secrets/pgpass_app" in env["ZAPORA_DATABASE_URL"], (
+                f"{host} {container['Name']}: the database URL names no passfile"
+            )
 
 
 def test_the_stopped_colour_is_kept_and_its_port_closed(lab: Lab) -> None:
