@@ -13,7 +13,7 @@ export ZAPORA_BASE_IMAGE := $(shell images/base/build.sh --ref)
 
 ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml)))
 # The longest scenarios start first, so that the last of them does not run alone at the end.
-MOLECULE_LONGEST_FIRST = pgbackrest postgresql docker redis common nginx
+MOLECULE_LONGEST_FIRST = pgbackrest redis common nginx
 ROLES_IN_RUN_ORDER = $(foreach r,$(MOLECULE_LONGEST_FIRST),$(filter $(r),$(ROLES_WITH_SCENARIOS))) \
   $(filter-out $(MOLECULE_LONGEST_FIRST),$(ROLES_WITH_SCENARIOS))
 PLAYBOOKS = $(wildcard playbooks/*.yml)
@@ -146,7 +146,7 @@ bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab m
 bench-backup: setup  ## 1 GB database: full backup and restore time per repository, RPO under a trickle (the lab must be up)
 	python bench/backup.py $(BENCH_ARGS)
 
-# The lab by default; any Patroni cluster's inventory (molecule's) with BENCH_INVENTORY=...
+# The lab by default; any Patroni cluster's inventory with BENCH_INVENTORY=...
 BENCH_INVENTORY ?= $(LAB_INVENTORY)
 bench-failover: setup  ## 10 PostgreSQL primary kills per mode (sync, async) via failover-drill.yml: failover median/max, lost writes
 	python bench/failover.py --inventory $(BENCH_INVENTORY) $(BENCH_ARGS)

@@ -1,11 +1,11 @@
 """PostgreSQL failover bench: N kills of the primary through playbooks/failover-drill.yml.
 
 Runs the drill playbook N times per mode (Patroni synchronous_mode on, then off) against
-an inventory: the lab by default, or any Patroni cluster (the molecule instances of
-roles/postgresql with their inventory). Each run kills the primary's host under a
-bounded write load (one client on an app host, one kept connection, a row every 20 ms),
-times until a write is acknowledged again, counts acknowledged writes that are missing
-and rows written twice, and brings the old primary back as a replica before the next.
+an inventory: the lab by default, or any Patroni cluster with its inventory. Each run
+kills the primary's host under a bounded write load (one client on an app host, one kept
+connection, a row every 20 ms), times until a write is acknowledged again, counts
+acknowledged writes that are missing and rows written twice, and brings the old primary
+back as a replica before the next.
 
 Prints per kill and in sum: failover time (median, max), acknowledged writes lost and
 duplicates per mode, against the goals (docs/postgresql.md): median <= 15 s, max <= 20 s,

@@ -7,16 +7,18 @@ timeouts of a few seconds, listeners that stop by themselves) and in count.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import shlex
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import INVENTORY, LAB_KEY, Lab
+from tests.e2e.conftest import INVENTORY, LAB_KEY, REPO, Lab, api_client, app_state
 
 pytestmark = pytest.mark.e2e
 
@@ -275,3 +277,71 @@ def test_published_container_ports_are_filtered(lab: Lab) -> None:
             assert port_state(lab, lab.groups["postgres"][0], app, port) == "filtered", port
     finally:
         lab.ssh(app, f"cd {workdir} && docker compose -p e2e-baseline down -t 1", check=False)
+
+
+def docker_setting(name: str, groups: list[str]) -> object:
+    """`name` as the docker role sees it on a host of `groups`: the role's default, or
+    the lab inventory's group_vars (plain values, no templating), the more specific last."""
+    value = yaml.safe_load((REPO / "roles" / "docker" / "defaults" / "main.yml").read_text())[name]
+    group_vars = Path(INVENTORY, "group_vars")
+    for group in ["all", *groups]:
+        for path in [group_vars / f"{group}.yml", *sorted((group_vars / group).glob("*.yml"))]:
+            data = yaml.safe_load(path.read_text()) if path.is_file() else None
+            value = (data or {}).get(name, value)
+    return value
+
+
+def test_compose_networks_are_cut_from_the_configured_pools(lab: Lab) -> None:
+    app = lab.groups["app"][0]
+    pools = [
+        (ipaddress.ip_network(p["base"]), int(p["size"]))
+        for p in docker_setting("docker_default_address_pools", lab.hosts[app].groups)  # type: ignore[attr-defined]
+    ]
+    # Every Compose network on the host (the colours' projects, at least the active one).
+    out = lab.ssh(
+        app,
+        "docker network ls -q --filter label=com.docker.compose.network "
+        "| xargs -r docker network inspect",
+    ).stdout
+    networks = {
+        n["Name"]: [c["Subnet"] for c in n["IPAM"]["Config"]] for n in json.loads(out or "[]")
+    }
+    assert networks, f"{app}: no Compose network (no colour running?)"
+    for name, subnets in networks.items():
+        assert subnets, f"{app}: {name} has no subnet"
+        for subnet in (ipaddress.ip_network(s) for s in subnets):
+            assert any(
+                subnet.subnet_of(base) and subnet.prefixlen == size  # type: ignore[arg-type]
+                for base, size in pools
+            ), f"{app}: {name} has {subnet}, outside docker_default_address_pools {pools}"
+
+
+def test_restarting_the_firewall_keeps_dockers_rules_and_the_api(lab: Lab) -> None:
+    # The firewall role makes nftables.service stop by deleting its own table only (the
+    # stock unit flushes the whole ruleset, Docker's NAT and filter tables with it).
+    host = lab.groups["app"][-1]
+    port = 8001 if app_state(lab, host)["active"] == "blue" else 8002
+    assert port_state(lab, "edge1", host, port) == "open", f"{host}:{port} before the restart"
+    try:
+        lab.ssh(host, "systemctl restart nftables")
+        tables = lab.ssh(host, "nft list tables").stdout
+        for table in ("table ip nat", "table ip filter", "table inet zapora"):
+            assert table in tables, f"{host}: {table} is gone after restarting nftables"
+        # Docker's DNAT still forwards the active colour's port, and the firewall is back
+        # in force (an unlisted port is dropped, not refused).
+        assert port_state(lab, "edge1", host, port) == "open", f"{host}:{port} after the restart"
+        assert port_state(lab, "edge1", host, 9999) == "filtered"
+    finally:
+        # Should the restart have lost Docker's rules, docker re-creates them (live-restore
+        # keeps the containers running), so the lab is left serving either way.
+        tables = lab.ssh(host, "nft list tables", check=False).stdout
+        if "table ip nat" not in tables or "table ip filter" not in tables:
+            lab.ssh(host, "systemctl restart docker", timeout=120, check=False)
+        if "table inet zapora" not in tables:
+            lab.ssh(host, "systemctl restart nftables", check=False)
+    # The API through the edge still answers (bounded: the edge may retry an upstream).
+    deadline = time.monotonic() + 30
+    with api_client() as c:
+        while (status := c.get("/health/ready").status_code) != 200:
+            assert time.monotonic() < deadline, f"the API answers {status} through the edge"
+            time.sleep(1)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.conftest import REPO, Lab
+from tests.e2e.conftest import Lab, lab_secret
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
@@ -27,6 +27,8 @@ CA = "/etc/zapora-ca/ca.crt"  # on the CA host; copied to app1 by the fixture
 # A functional bound (the failover happens by itself, the row is kept); its speed is
 # measured and printed, not asserted tightly (goal 20 s; docs/postgresql.md).
 FAILOVER_GOAL_S = 60.0
+# The API's two database roles: the schema owner (migrations) and the runtime role.
+ROLES = ("zapora_app", "zapora_owner")
 
 
 def members(lab: Lab) -> list[dict[str, object]]:
@@ -47,11 +49,12 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> obje
 
 @pytest.fixture(scope="module")
 def client(lab: Lab) -> str:
-    """app1 with psql, the CA certificate and a pgpass file (root-only) for zapora_app."""
+    """app1 with psql, the CA certificate and a pgpass file (root-only) for zapora_app
+    and zapora_owner."""
     app = lab.groups["app"][0]
     ca_host = lab.groups["etcd"][0]
     ca = lab.ssh(ca_host, f"cat {CA}").stdout
-    password = (REPO / ".lab" / "secrets" / "postgresql_zapora_app_password").read_text().strip()
+    passwords = {role: lab_secret(f"postgresql_{role}_password") for role in ROLES}
     lab.ssh(
         app, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-client", timeout=300
     )
@@ -60,26 +63,32 @@ def client(lab: Lab) -> str:
         "install -d -m 0755 /etc/zapora-e2e && printf %s "
         f"{shlex.quote(ca)} > /etc/zapora-e2e/ca.crt",
     )
-    lab.ssh(
-        app,
-        "umask 077 && printf '%s\\n' "
-        f"{shlex.quote('*:5432:zapora:zapora_app:' + password)} > /root/.pgpass",
-    )
+    lines = " ".join(shlex.quote(f"*:5432:zapora:{r}:{p}") for r, p in passwords.items())
+    lab.ssh(app, f"umask 077 && printf '%s\\n' {lines} > /root/.pgpass")
     return app
 
 
-def dsn(lab: Lab, attrs: str) -> str:
+def dsn(lab: Lab, attrs: str, user: str = "zapora_app", extra: str = "") -> str:
+    """The API's libpq multi-host string; `extra` settings come last and so override."""
     hosts = ",".join(lab.hosts[h].address for h in lab.groups["postgres"])
     return (
-        f"host={hosts} port=5432 dbname=zapora user=zapora_app sslmode=verify-full "
-        f"sslrootcert=/etc/zapora-e2e/ca.crt connect_timeout=2 target_session_attrs={attrs}"
-    )
+        f"host={hosts} port=5432 dbname=zapora user={user} sslmode=verify-full "
+        f"sslrootcert=/etc/zapora-e2e/ca.crt connect_timeout=2 target_session_attrs={attrs} "
+        f"{extra}"
+    ).strip()
 
 
 def psql(
-    lab: Lab, app: str, attrs: str, sql: str, check: bool = True
+    lab: Lab,
+    app: str,
+    attrs: str,
+    sql: str,
+    check: bool = True,
+    user: str = "zapora_app",
+    extra: str = "",
 ) -> subprocess.CompletedProcess[str]:
-    cmd = f"psql -X -At -v ON_ERROR_STOP=1 {shlex.quote(dsn(lab, attrs))} -c {shlex.quote(sql)}"
+    conninfo = dsn(lab, attrs, user, extra)
+    cmd = f"psql -X -At -v ON_ERROR_STOP=1 {shlex.quote(conninfo)} -c {shlex.quote(sql)}"
     return lab.ssh(app, cmd, check=check, timeout=30)
 
 
@@ -121,6 +130,53 @@ def test_row_written_on_the_primary_is_read_on_the_replica(lab: Lab, client: str
         "the row on the standby",
     )
     assert seen
+
+
+def test_owner_creates_tables_over_the_network_and_the_app_role_cannot(
+    lab: Lab, client: str
+) -> None:
+    # What a migration does: the owner logs in from the app host over TLS (verify-full,
+    # scram) through the read-write multi-host string and creates a table; the app role
+    # gets DML on it by default privileges and can create nothing itself.
+    table = f"e2e_owner_{uuid.uuid4().hex[:8]}"
+    try:
+        made = psql(
+            lab,
+            client,
+            "read-write",
+            f"CREATE TABLE {table} (id int);"
+            " SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            user="zapora_owner",
+        )
+        # psql prints each statement's result: the SELECT's is the last line.
+        assert made.stdout.split()[-1] == "zapora_owner|t", made.stdout
+        psql(lab, client, "read-write", f"INSERT INTO {table} VALUES (1)")
+        refused = psql(lab, client, "read-write", f"CREATE TABLE {table}_app (id int)", check=False)
+        assert refused.returncode != 0, "zapora_app created a table"
+        assert "permission denied" in refused.stderr, refused.stderr
+    finally:
+        drop = f"DROP TABLE IF EXISTS {table}"
+        psql(lab, client, "read-write", drop, check=False, user="zapora_owner")
+
+
+def test_wrong_password_and_plaintext_logins_are_refused(lab: Lab, client: str) -> None:
+    # The same string with the right password logs in: the refusals below are about
+    # the password and TLS, not the route.
+    assert psql(lab, client, "read-write", "SELECT 1").stdout.strip() == "1"
+    wrong = psql(
+        lab,
+        client,
+        "read-write",
+        "SELECT 1",
+        check=False,
+        extra="password=wrong-password passfile=/dev/null",
+    )
+    assert wrong.returncode != 0, "a wrong password was accepted"
+    assert "password authentication failed" in wrong.stderr, wrong.stderr
+    # pg_hba.conf admits the API's roles from the network with hostssl lines only.
+    plain = psql(lab, client, "read-write", "SELECT 1", check=False, extra="sslmode=disable")
+    assert plain.returncode != 0, "a connection without TLS was accepted"
+    assert "no pg_hba.conf entry" in plain.stderr, plain.stderr
 
 
 @pytest.mark.lab(exclusive=("data",))  # the primary goes away: the API cannot write
