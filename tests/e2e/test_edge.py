@@ -21,8 +21,8 @@ pytestmark = pytest.mark.e2e
 
 HTTPS = ("127.0.0.1", 8443)
 CA = REPO / ".lab" / "secrets" / "edge-ca" / "ca.crt"
-# The nginx role's molecule probe: one TLS-version check for the scenario and the lab.
-EDGE_PROBE = REPO / "roles" / "nginx" / "molecule" / "default" / "files" / "edge_probe.py"
+# Client-side probe (TLS handshakes, HTTP requests) for the controller and the lab hosts.
+EDGE_PROBE = REPO / "tests" / "e2e" / "files" / "edge_probe.py"
 HEADERS = (
     "strict-transport-security",
     "content-security-policy",
