@@ -353,6 +353,8 @@ def test_request_id_and_traceparent_reach_the_api(lab: Lab) -> None:
         # The same id reached the API, which logged it with its answer.
         logged = api_log(lab, host, colour, rid)
         assert logged["status"] == 200 and logged["path"] == "/health/live", logged
+        # The client address the API sees is app1's, from the edge's X-Forwarded-For.
+        assert logged["client_ip"] == lab.hosts["app1"].address, logged
         if rid == kept:
             # traceparent passed through: the API's trace id is the client's.
             assert line["traceparent"] == traceparent, line
@@ -473,7 +475,9 @@ def test_admin_uis_allowlist_and_password(lab: Lab) -> None:
             r = fetch(path, auth=auth)
             assert r["status"] == 401, (path, auth is None, r)
             assert header(r, "www-authenticate") == 'Basic realm="Zapora admin"', r
-    # With the password the request reaches Prometheus on mon1, which answers itself.
+    # With the password the request reaches Prometheus on mon1, which answers itself: the
+    # access log names it as the upstream, and its answer is not the edge's problem+json.
+    # (The lab runs Prometheus without a route prefix, so /prometheus/ is its 404 there.)
     rid = f"e2e-admin-{uuid.uuid4().hex[:12]}"
     r = fetch("/prometheus/", {"X-Request-ID": rid}, auth=f"admin:{password}")
     line = access_log(lab, rid)[rid]
