@@ -13,7 +13,7 @@ export ZAPORA_BASE_IMAGE := $(shell images/base/build.sh --ref)
 
 ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml)))
 # The longest scenarios start first, so that the last of them does not run alone at the end.
-MOLECULE_LONGEST_FIRST = pgbackrest redis common nginx
+MOLECULE_LONGEST_FIRST = pgbackrest common firewall
 ROLES_IN_RUN_ORDER = $(foreach r,$(MOLECULE_LONGEST_FIRST),$(filter $(r),$(ROLES_WITH_SCENARIOS))) \
   $(filter-out $(MOLECULE_LONGEST_FIRST),$(ROLES_WITH_SCENARIOS))
 PLAYBOOKS = $(wildcard playbooks/*.yml)
