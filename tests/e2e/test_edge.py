@@ -581,6 +581,9 @@ def mtail_counters(lab: Lab) -> Counter[tuple[str, str]]:
     return out
 
 
+# It empties the controller's bucket at the edge: every other test that calls the API from
+# the controller would get 429s meanwhile.
+@pytest.mark.lab(exclusive=("app",))
 def test_rate_limit_per_client_then_the_bucket_drains(lab: Lab) -> None:
     # The controller (drained, then waited for), app1 (1 request), edge1's mtail. ~20 s.
     # Paths that go upstream: nginx's own `return` answers (such as /metrics' 404) come
