@@ -242,13 +242,20 @@ def run_playbook(
 
 
 def run_documented(
-    name: str, *flags: str, timeout: int = 900, **extra_vars: object
+    name: str,
+    *flags: str,
+    timeout: int = 900,
+    inventory: Path = INVENTORY,
+    **extra_vars: object,
 ) -> subprocess.CompletedProcess[str]:
     """Run playbooks/<name> against the lab the way the docs show it: the flags and the
     names of the `-e` variables must be a form README.md or docs/ show (tests/documented.py);
-    the values are the test's. Never raises: callers check rc and output."""
+    the values are the test's. `inventory` is the `-i` path, the operator's own inventory
+    in every documented command (an overlay of the lab's for a step such as "take the host
+    out of the group"), so it is not part of the shape. Never raises: callers check rc and
+    output."""
     require_documented(Shape("playbook", name, tuple(sorted(flags)), frozenset(extra_vars)))
-    args = [venv_tool("ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / name)]
+    args = [venv_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name)]
     for flag in flags:
         args += flag.split()
     for var, value in extra_vars.items():

@@ -85,7 +85,10 @@ def run_by_tests() -> dict[Shape, str]:
                 continue
             args = [_literal(a) for a in node.args]
             assert None not in args, f"{path}:{node.lineno}: give the command as literals"
-            names = frozenset(k.arg for k in node.keywords if k.arg and k.arg != "timeout")
+            # timeout and inventory (-i, always the operator's own) are not the command's shape.
+            names = frozenset(
+                k.arg for k in node.keywords if k.arg and k.arg not in ("timeout", "inventory")
+            )
             kind = "playbook" if node.func.id == "run_documented" else "make"
             flags = tuple(sorted(a for a in args[1:] if a))
             where = f"{path.relative_to(REPO)}:{node.lineno}"
