@@ -50,7 +50,8 @@ def assert_nothing_changed(
     assert all(v == "0" for v in recap.values()), f"changed: {recap}\n{changed_tasks}"
 
 
-@pytest.mark.slow
+# In CI's set: with most molecule scenarios gone, this is where every role's idempotence
+# is checked (the second converge changes nothing), on the lab as site.yml converges it.
 @pytest.mark.lab(exclusive=("app", "data"))
 def test_a_second_site_run_changes_nothing(lab: Lab) -> None:
     # As docs/lab.md shows it: `make lab LAB_CONVERGE=1` runs site.yml again regardless of
