@@ -221,17 +221,19 @@ def test_backup_and_drill_from_azure_and_gcs(lab: Lab) -> None:
 
 
 # Runs with the emulators' venv on mon1 (ports and the azurite account from the bucket
-# tool's settings there). It reads the first 8 bytes of every object in the three
-# pgBackRest buckets through each emulator's own HTTP API on loopback (a ranged GET: moto
-# keeps its objects in memory, azurite packs them into extent files) and prints, per
-# store, the object count and the keys without OpenSSL's header. The GETs go out through
-# plain urllib, 8 at a time: through boto3 and the Azure SDK one by one the same reads
-# took 48 s; the SDKs only sign (a presigned URL per S3 object, one container SAS). Its
-# time grows with the stores, about 3 s per 1,000 objects at load 8: a full backup of the
-# lab's database is ~1,350 objects per repository, and a fresh lab starts empty.
+# tool's settings there); argv[1] maps each store to an epoch. It lists the three stores'
+# pgBackRest buckets through each emulator's own HTTP API on loopback, reads the first 8
+# bytes of every object written since that store's epoch (a ranged GET: moto keeps its
+# objects in memory, azurite packs them into extent files) and prints, per store, the
+# keys it read and those without OpenSSL's header. The GETs go out through plain urllib,
+# 8 at a time: through boto3 and the Azure SDK one by one the same reads took 48 s
+# instead of about 8; the SDKs only sign (a presigned URL per S3 object, one container
+# SAS).
 OBJECT_HEADERS = r"""
 import datetime
+import email.utils
 import json
+import sys
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -241,8 +243,9 @@ import boto3
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 cfg = json.load(open("/etc/zapora-object-store/emulators.json"))
+since = json.loads(sys.argv[1])
 bucket = "zapora-pgbackrest"
-objects = []  # (store, key, url of its bytes)
+objects = []  # (store, key, url of its bytes), written since the store's epoch
 
 
 def get(url, head=False):
@@ -251,14 +254,19 @@ def get(url, head=False):
         return r.read()
 
 
+def add(store, key, written, url):
+    if written.timestamp() >= since[store]:
+        objects.append((store, key, url))
+
+
 s3 = boto3.client(
     "s3", endpoint_url=f"http://127.0.0.1:{cfg['s3_port']}", region_name="us-east-1",
     aws_access_key_id="e2e", aws_secret_access_key="e2e",
 )
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
     for o in page.get("Contents", []):
-        params = {"Bucket": bucket, "Key": o["Key"]}
-        objects.append(("s3", o["Key"], s3.generate_presigned_url("get_object", Params=params)))
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": o["Key"]})
+        add("s3", o["Key"], o["LastModified"], url)
 
 account = cfg["azure_account"]
 sas = generate_container_sas(
@@ -270,9 +278,10 @@ azure = f"http://127.0.0.1:{cfg['azure_port']}/{account}/{bucket}"
 marker = ""
 while True:
     page = ET.fromstring(get(f"{azure}?restype=container&comp=list&marker={marker}&{sas}"))
-    for name in page.findall("Blobs/Blob/Name"):
-        url = f"{azure}/{urllib.parse.quote(name.text, safe='/')}?{sas}"
-        objects.append(("azure", name.text, url))
+    for blob in page.findall("Blobs/Blob"):
+        name = blob.findtext("Name")
+        written = email.utils.parsedate_to_datetime(blob.findtext("Properties/Last-Modified"))
+        add("azure", name, written, f"{azure}/{urllib.parse.quote(name, safe='/')}?{sas}")
     marker = urllib.parse.quote(page.findtext("NextMarker", ""))
     if not marker:
         break
@@ -284,16 +293,16 @@ while True:
     for o in page.get("items", []):
         name = urllib.parse.quote(o["name"], safe="")
         url = f"{gcs}/download/storage/v1/b/{bucket}/o/{name}?alt=media"
-        objects.append(("gcs", o["name"], url))
+        add("gcs", o["name"], datetime.datetime.fromisoformat(o["updated"]), url)
     token = page.get("nextPageToken")
     if not token:
         break
 
-report = {store: {"objects": 0, "not_encrypted": []} for store in ("s3", "azure", "gcs")}
+report = {store: {"read": [], "not_encrypted": []} for store in since}
 with ThreadPoolExecutor(8) as pool:
     heads = pool.map(lambda o: get(o[2], head=True)[:8], objects)
     for (store, key, _), head in zip(objects, heads):
-        report[store]["objects"] += 1
+        report[store]["read"].append(key)
         if head != b"Salted__":
             report[store]["not_encrypted"].append(key)
 print(json.dumps(report))
@@ -301,18 +310,34 @@ print(json.dumps(report))
 
 
 def test_every_backup_object_is_encrypted(lab: Lab) -> None:
-    """What the stores hold, read on mon1: every object (backups, WAL, the info files)
-    starts with "Salted__", OpenSSL's header of pgBackRest's aes-256-cbc. The cipher
-    setting alone (the first test) would not show a file written around it."""
-    host = lab.groups["object_store"][0]
+    """What the stores hold, read on mon1: every object written since the newest full
+    backup of each repository began (that backup's files, the WAL archived since, the
+    rewritten info files) starts with "Salted__", OpenSSL's header of pgBackRest's
+    aes-256-cbc. The cipher setting alone (the first test) would not show a file written
+    around it. Older objects were read by the run that wrote them: each run of this
+    module makes a full backup in every repository, and reading them all again would grow
+    by ~4 s per run on a lab that lives on (~1,350 objects per backup and repository)."""
+    primary, _ = primary_and_replica(lab)
+    info = pgbackrest_info(lab, primary)[0]
+    newest: dict[str, dict[str, Any]] = {}
+    for key, repo in enumerate(REPOS, start=1):
+        fulls = [
+            b for b in info["backup"] if b["database"]["repo-key"] == key and b["type"] == "full"
+        ]
+        assert fulls, f"{repo}: no full backup"
+        newest[repo] = max(fulls, key=lambda b: b["timestamp"]["start"])
+    # The stores stamp whole seconds: a margin, so the backup's first files are in.
+    since = {repo: b["timestamp"]["start"] - 2 for repo, b in newest.items()}
     python = "/opt/zapora-object-store/bin/python"
-    run = lab.ssh(host, f"{python} - <<'EOF'\n{OBJECT_HEADERS}\nEOF", timeout=180)
-    report = json.loads(run.stdout)
-    print({store: r["objects"] for store, r in report.items()})
-    for store, r in report.items():
-        # Each repository holds at least its stanza's info files and archived WAL.
-        assert r["objects"] > 0, f"{store}: no object in zapora-pgbackrest"
-        assert r["not_encrypted"] == [], f"{store}: not encrypted: {r['not_encrypted'][:10]}"
+    script = f"{python} - '{json.dumps(since)}' <<'EOF'\n{OBJECT_HEADERS}\nEOF"
+    report = json.loads(lab.ssh(lab.groups["object_store"][0], script, timeout=180).stdout)
+    print({store: len(r["read"]) for store, r in report.items()})
+    for repo, r in report.items():
+        label = newest[repo]["label"]
+        # The time filter let that backup's own files through (it holds hundreds).
+        in_backup = [k for k in r["read"] if f"/backup/zapora/{label}/" in k]
+        assert len(in_backup) > 100, f"{repo}: {len(in_backup)} objects read of backup {label}"
+        assert r["not_encrypted"] == [], f"{repo}: not encrypted: {r['not_encrypted'][:10]}"
 
 
 def timeline(name: str) -> int:
