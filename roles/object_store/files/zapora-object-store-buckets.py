@@ -1,5 +1,6 @@
 """The lab's object store emulators, through their own APIs on loopback (installed by the
-object_store role; run with its venv's python; settings in CONFIG).
+object_store role; run with its venv's python; settings in CONFIG). Only the emulators
+CONFIG lists (object_store_emulators) are touched.
 
   zapora-object-store-buckets create            make the buckets/containers that are missing
   zapora-object-store-buckets inspect STRING    per store and bucket: object count, objects
@@ -13,13 +14,12 @@ import sys
 import urllib.error
 import urllib.request
 
-import boto3
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient
-
 CONFIG = "/etc/zapora-object-store/emulators.json"
 with open(CONFIG) as f:
     _cfg = json.load(f)
+# Each emulator's client is imported only when it runs: the role installs the clients
+# of the listed emulators only (boto3 with moto, azure-storage-blob with azurite).
+EMULATORS = _cfg.get("emulators", ["s3", "azure", "gcs"])
 BUCKETS = _cfg["buckets"]
 S3 = f"http://127.0.0.1:{_cfg['s3_port']}"
 GCS = f"http://127.0.0.1:{_cfg['gcs_port']}"
@@ -31,6 +31,8 @@ AZURE = (
 
 
 def s3():
+    import boto3
+
     return boto3.client("s3", endpoint_url=S3, region_name="us-east-1",
                         aws_access_key_id="emulator", aws_secret_access_key="emulator")
 
@@ -43,39 +45,57 @@ def gcs(method, path, body=None):
         return r.read()
 
 
+def azure():
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(AZURE)
+
+
 def create():
     made = []
-    have = {b["Name"] for b in s3().list_buckets().get("Buckets", [])}
-    for b in BUCKETS:
-        if b not in have:
-            s3().create_bucket(Bucket=b)
-            made.append(f"s3:{b}")
-    az = BlobServiceClient.from_connection_string(AZURE)
-    for b in BUCKETS:
-        try:
-            az.create_container(b)
-            made.append(f"azure:{b}")
-        except ResourceExistsError:
-            pass
-    have = {b["name"] for b in json.loads(gcs("GET", "/storage/v1/b?project=zapora")).get("items", [])}
-    for b in BUCKETS:
-        if b not in have:
-            gcs("POST", "/storage/v1/b?project=zapora", {"name": b})
-            made.append(f"gcs:{b}")
+    if "s3" in EMULATORS:
+        have = {b["Name"] for b in s3().list_buckets().get("Buckets", [])}
+        for b in BUCKETS:
+            if b not in have:
+                s3().create_bucket(Bucket=b)
+                made.append(f"s3:{b}")
+    if "azure" in EMULATORS:
+        from azure.core.exceptions import ResourceExistsError
+
+        az = azure()
+        for b in BUCKETS:
+            try:
+                az.create_container(b)
+                made.append(f"azure:{b}")
+            except ResourceExistsError:
+                pass
+    if "gcs" in EMULATORS:
+        have = {b["name"] for b in json.loads(gcs("GET", "/storage/v1/b?project=zapora")).get("items", [])}
+        for b in BUCKETS:
+            if b not in have:
+                gcs("POST", "/storage/v1/b?project=zapora", {"name": b})
+                made.append(f"gcs:{b}")
     print("created " + " ".join(made) if made else "all buckets exist")
 
 
 def objects():
-    c = s3()
-    for b in BUCKETS:
-        for page in c.get_paginator("list_objects_v2").paginate(Bucket=b):
-            for o in page.get("Contents", []):
-                yield "s3", b, o["Key"], c.get_object(Bucket=b, Key=o["Key"])["Body"].read()
-    az = BlobServiceClient.from_connection_string(AZURE)
-    for b in BUCKETS:
-        cc = az.get_container_client(b)
-        for o in cc.list_blobs():
-            yield "azure", b, o.name, cc.download_blob(o.name).readall()
+    if "s3" in EMULATORS:
+        c = s3()
+        for b in BUCKETS:
+            for page in c.get_paginator("list_objects_v2").paginate(Bucket=b):
+                for o in page.get("Contents", []):
+                    yield "s3", b, o["Key"], c.get_object(Bucket=b, Key=o["Key"])["Body"].read()
+    if "azure" in EMULATORS:
+        az = azure()
+        for b in BUCKETS:
+            cc = az.get_container_client(b)
+            for o in cc.list_blobs():
+                yield "azure", b, o.name, cc.download_blob(o.name).readall()
+    if "gcs" in EMULATORS:
+        yield from gcs_objects()
+
+
+def gcs_objects():
     for b in BUCKETS:
         token = ""
         while True:
