@@ -74,13 +74,13 @@ lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check 
 	@echo ">> syntax-check ok: $(words $(PLAYBOOKS)) playbooks"
 
 test-unit: setup  ## fast checks of the repository's own conventions
-	$(call pytest,unit,tests/unit)
+	$(call pytest,unit,tests/unit --timeout=420)
 
 test-rules: setup-test  ## promtool check + unit tests of the alert rules (roles/prometheus/files/rules)
 	$(call pytest,rules,tests/rules)
 
 test-app: image setup-test  ## the API's tests against real PostgreSQL and Redis (and its image build)
-	$(call pytest,app,tests/app --cov=zapora --cov-report=term-missing:skip-covered --cov-fail-under=90)
+	$(call pytest,app,tests/app --timeout=420 --cov=zapora --cov-report=term-missing:skip-covered --cov-fail-under=90)
 
 test-role: image  ## molecule test for one role: make test-role ROLE=name
 	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<name>; roles with scenarios: $(ROLES_WITH_SCENARIOS)"; exit 2; }

@@ -9,7 +9,7 @@
 # The two tiers' tests wait for each other only where one disturbs what the other relies
 # on: each test holds a shared or exclusive lock per tier (tests/e2e/conftest.py,
 # lab_tiers), so a deploy runs beside a backup but never beside a failover. A process
-# that collects nothing fails.
+# that collects nothing fails; a test still running after 25 min fails (--timeout).
 set -uo pipefail
 results="$1"
 alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook"
@@ -18,13 +18,13 @@ mkdir -p "$results"
 ignore_data=()
 for f in "${data_files[@]}"; do ignore_data+=(--ignore "$f"); done
 
-pytest --junitxml="$results/e2e-alert.xml" -m "e2e and not slow" "$alert_test" \
+pytest --junitxml="$results/e2e-alert.xml" --timeout=1500 -m "e2e and not slow" "$alert_test" \
     >"$results/e2e-alert.log" 2>&1 &
 alert_pid=$!
-pytest --junitxml="$results/e2e-data.xml" -m "e2e and not slow" --durations=15 "${data_files[@]}" \
+pytest --junitxml="$results/e2e-data.xml" --timeout=1500 -m "e2e and not slow" --durations=15 "${data_files[@]}" \
     >"$results/e2e-data.log" 2>&1 &
 data_pid=$!
-pytest --junitxml="$results/e2e.xml" -m "e2e and not slow" --durations=15 \
+pytest --junitxml="$results/e2e.xml" --timeout=1500 -m "e2e and not slow" --durations=15 \
     --deselect "$alert_test" "${ignore_data[@]}" tests/e2e
 app=$?
 wait "$data_pid"

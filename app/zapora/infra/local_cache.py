@@ -73,6 +73,7 @@ class LocalCache(Generic[V]):
         # Bumped on every invalidation; a value fetched under an older generation is not kept.
         self.generation = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,14 +117,23 @@ class LocalCache(Generic[V]):
         self.bytes = 0
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._listen(), name=f"local-cache:{self.channel}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        # Cancel until the task has ended. On Python 3.11, asyncio.wait_for can swallow a
+        # cancellation that arrives as its inner call completes (the aclose in _listen's
+        # cleanup): the task then went on subscribing, and a shutdown that awaited it once
+        # waited forever (seen: the API's lifespan shutdown hung in a test run).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1)
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
 
     async def _receive(self, pubsub: Any) -> None:
         pinged_at = 0.0
@@ -143,7 +153,7 @@ class LocalCache(Generic[V]):
                 pinged_at = now
 
     async def _listen(self) -> None:
-        while True:
+        while not self._stopping:
             pubsub: Any = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
