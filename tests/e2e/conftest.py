@@ -213,6 +213,31 @@ def lab_tiers(request: pytest.FixtureRequest) -> Iterator[None]:
         if waited > 5:
             print(f"waited {waited:.0f} s for the lab's {sorted(shared | exclusive)} tier(s)")
         yield
+        if "data" in exclusive:
+            # A test that took the data tier away hands it back healthy: the API ready
+            # again through the edge (its pools on the new primary), before a test of the
+            # other process that relies on it may start.
+            _wait_until_ready(request.node.nodeid, DATA_HANDBACK_S)
+
+
+DATA_HANDBACK_S = 120
+
+
+def _wait_until_ready(after: str, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    last = "no answer"
+    with api_client() as c:
+        while True:
+            try:
+                r = c.get("/health/ready")
+                if r.status_code == 200:
+                    return
+                last = f"{r.status_code} {r.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the API was not ready {limit_s:.0f} s after {after}: {last}")
+            time.sleep(2)
 
 
 API_URL = "https://127.0.0.1:8443"
