@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import INVENTORY, REPO, Lab, edge_tls, lab_secret, venv_tool
+from tests.e2e.files import edge_probe
 from tests.e2e.test_baseline import port_state
 
 pytestmark = pytest.mark.e2e
@@ -111,23 +112,7 @@ def fetch(
     sent = dict(headers or {})
     if auth is not None:
         sent["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    conn = http.client.HTTPSConnection(*HTTPS, context=edge_tls(), timeout=10)
-    try:
-        conn.request("GET", path, headers=sent)
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        body: Any = json.loads(raw) if raw else None
-    except ValueError:
-        body = raw.decode(errors="replace")
-    return {
-        "path": path,
-        "status": resp.status,
-        "headers": [[k.lower(), v] for k, v in resp.getheaders()],
-        "body": body,
-    }
+    return edge_probe.request(*HTTPS, edge_tls(), path, headers=sent)
 
 
 def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:

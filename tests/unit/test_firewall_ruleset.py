@@ -5,14 +5,12 @@ VPN cannot run live; the summary lists that.)"""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.not_run import record
+from tests.unit.local_playbook import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,34 +52,14 @@ PLAYBOOK = """\
 
 def render(tmp_path: Path, settings: dict[str, object]) -> str:
     (tmp_path / "hosts.yml").write_text(INVENTORY)
-    (tmp_path / "render.yml").write_text(PLAYBOOK)
     template = REPO / "roles" / "firewall" / "templates" / "ruleset.nft.j2"
     (tmp_path / "ruleset.nft.j2").write_text(template.read_text())
     out = tmp_path / "ruleset.nft"
-    extra = tmp_path / "vars.json"
-    extra.write_text(json.dumps({**settings, "ruleset_out": str(out)}))
-    tool = Path(sys.executable).parent / "ansible-playbook"
-    result = subprocess.run(
-        [
-            str(tool),
-            "-i",
-            str(tmp_path / "hosts.yml"),
-            str(tmp_path / "render.yml"),
-            "-e",
-            f"@{extra}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
-        env={
-            "PATH": f"{tool.parent}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_FORCE_COLOR": "false",
-            "HOME": str(tmp_path),
-        },
+    result = run_playbook(
+        tmp_path,
+        PLAYBOOK,
+        {**settings, "ruleset_out": str(out)},
+        inventory=str(tmp_path / "hosts.yml"),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     return out.read_text()

@@ -7,12 +7,12 @@ expects a failure whose message names the variables to fix, before any host is t
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.unit.local_playbook import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +30,7 @@ def deploy_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def run_preflight(tmp_path: Path, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    playbook = tmp_path / "preflight.yml"
-    playbook.write_text(
+    playbook = (
         "- hosts: localhost\n"
         "  connection: local\n"
         "  gather_facts: true\n"
@@ -41,24 +40,7 @@ def run_preflight(tmp_path: Path, extra: dict[str, object]) -> subprocess.Comple
         "        name: common\n"
         "        tasks_from: preflight\n"
     )
-    extra_vars = tmp_path / "vars.json"
-    extra_vars.write_text(json.dumps(extra))
-    tool = Path(sys.executable).parent / "ansible-playbook"
-    return subprocess.run(
-        [str(tool), "-i", "localhost,", str(playbook), "-e", f"@{extra_vars}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
-        env={
-            "PATH": f"{tool.parent}:/usr/bin:/bin",
-            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_FORCE_COLOR": "false",
-            "HOME": str(tmp_path),
-        },
-    )
+    return run_playbook(tmp_path, playbook, extra)
 
 
 def base(key: Path, public: str) -> dict[str, object]:

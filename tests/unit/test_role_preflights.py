@@ -11,12 +11,12 @@ checks (roles/app and roles/pgbackrest); each run takes 2 to 8 s.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.unit.local_playbook import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,41 +81,27 @@ def run_role(
             f'      vars: {{{variable}: "{{{{ item }}}}"}}',
             f"      loop: {json.dumps(values)}",
         ]
-    playbook = tmp_path / "preflight.yml"
-    playbook.write_text(
-        "\n".join(
-            [
-                "- hosts: localhost",
-                "  connection: local",
-                f"  gather_facts: {str(facts).lower()}",
-                "  gather_subset: [min]",
-                "  tasks:",
-                *include,
-                "",
-            ]
-        )
+    playbook = "\n".join(
+        [
+            "- hosts: localhost",
+            "  connection: local",
+            f"  gather_facts: {str(facts).lower()}",
+            "  gather_subset: [min]",
+            "  tasks:",
+            *include,
+            "",
+        ]
     )
-    extra_vars = tmp_path / "vars.json"
-    extra_vars.write_text(json.dumps(extra))
-    tool = Path(sys.executable).parent / "ansible-playbook"
-    args = [str(tool), "-i", "localhost,", str(playbook), "-e", f"@{extra_vars}"]
-    result = subprocess.run(
-        [*args, "--check"] if check else args,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
+    result = run_playbook(
+        tmp_path,
+        playbook,
+        extra,
+        args=("--check",) if check else (),
+        # The JSON callback alone: ansible.cfg's profile_tasks would print its
+        # timings into the JSON on stdout.
         env={
-            "PATH": f"{tool.parent}:/usr/bin:/bin",
-            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            # The JSON callback alone: ansible.cfg's profile_tasks would print its
-            # timings into the JSON on stdout.
             "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
             "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.json",
-            "ANSIBLE_FORCE_COLOR": "false",
-            "HOME": str(tmp_path),
         },
     )
     output = result.stdout + result.stderr

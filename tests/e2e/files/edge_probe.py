@@ -82,6 +82,39 @@ def cmd_ciphers(args: argparse.Namespace) -> dict[str, Any]:
     return {"openssl": ssl.OPENSSL_VERSION, "tried": suites, "accepted": accepted}
 
 
+def request(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> dict[str, Any]:
+    """One request on a new connection: status, headers (lower-case), body (JSON when it
+    parses), and when it started and ended. Also the controller's own probe (test_edge)."""
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+    started = time.time()
+    try:
+        conn.request(method, path, body=data, headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        body: Any = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode(errors="replace")
+    return {
+        "path": path,
+        "status": resp.status,
+        "headers": [[k.lower(), v] for k, v in resp.getheaders()],
+        "body": body,
+        "started": started,
+        "ended": time.time(),
+    }
+
+
 def cmd_requests(args: argparse.Namespace) -> dict[str, Any]:
     ctx = ssl.create_default_context(cafile=args.ca)  # verifies the edge's certificate
     results = []
@@ -91,27 +124,10 @@ def cmd_requests(args: argparse.Namespace) -> dict[str, Any]:
         if spec.get("json") is not None:
             data = json.dumps(spec["json"]).encode()
             headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPSConnection(args.host, args.port, context=ctx, timeout=10)
-        started = time.time()
-        try:
-            conn.request(spec.get("method", "GET"), spec["path"], body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
         results.append(
-            {
-                "path": spec["path"],
-                "status": resp.status,
-                "headers": [[k.lower(), v] for k, v in resp.getheaders()],
-                "body": body,
-                "started": started,
-                "ended": time.time(),
-            }
+            request(
+                args.host, args.port, ctx, spec["path"], spec.get("method", "GET"), headers, data
+            )
         )
     return {"results": results}
 

@@ -1,0 +1,46 @@
+"""Run a small playbook on the controller (connection local) with the repository's roles,
+for the unit tests that check a role's task files without converging a host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_playbook(
+    tmp_path: Path,
+    playbook: str,
+    extra: dict[str, object],
+    *,
+    inventory: str = "localhost,",
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Write `playbook` and `extra` (as extra vars) under tmp_path and run them with the
+    venv's ansible-playbook, HOME in tmp_path, never raising: callers check the result."""
+    path = tmp_path / "playbook.yml"
+    path.write_text(playbook)
+    extra_vars = tmp_path / "vars.json"
+    extra_vars.write_text(json.dumps(extra))
+    tool = Path(sys.executable).parent / "ansible-playbook"
+    return subprocess.run(
+        [str(tool), "-i", inventory, str(path), "-e", f"@{extra_vars}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+        env={
+            # /usr/sbin: tools the roles' validate steps call (nft).
+            "PATH": f"{tool.parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_FORCE_COLOR": "false",
+            "HOME": str(tmp_path),
+            **(env or {}),
+        },
+    )
