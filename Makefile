@@ -18,6 +18,7 @@ ROLES_IN_RUN_ORDER = $(foreach r,$(MOLECULE_LONGEST_FIRST),$(filter $(r),$(ROLES
   $(filter-out $(MOLECULE_LONGEST_FIRST),$(ROLES_WITH_SCENARIOS))
 PLAYBOOKS = $(wildcard playbooks/*.yml)
 PY_DIRS = $(wildcard app tests bench scripts)
+WORKFLOWS = $(wildcard .github/workflows/*.yml)
 LAB_INVENTORY := inventory/lab
 RESULTS := .cache/test-results
 
@@ -30,7 +31,8 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image api-image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-backup clean
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-backup clean \
+        sast audit load-test openapi release-id smoke stage promote
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,8 +47,14 @@ image: setup  ## build the Debian 13 systemd base image if its recipe changed
 	@images/base/build.sh >/dev/null
 	@echo ">> base image $(ZAPORA_BASE_IMAGE)"
 
+# RELEASE_OUTPUT=FILE: also append release=, image= and archive= lines to FILE (the CI
+# workflow's step outputs).
 api-image: image  ## build the API image and its release archive (scripts/build-release.sh) if its sources changed
-	@echo ">> API image $$(scripts/build-release.sh | python3 -c 'import json,sys; print(json.load(sys.stdin)["image"])')"
+	@built="$$(scripts/build-release.sh)"; \
+	echo ">> API image $$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["image"])' "$$built")"; \
+	if [ -n "$(RELEASE_OUTPUT)" ]; then \
+	  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("\n".join(f"{k}={d[k]}" for k in ("release","image","archive")))' "$$built" >>"$(RELEASE_OUTPUT)"; \
+	fi
 
 lab: image  ## bring the whole appliance up on the local lab, deploy the checkout, print its URLs
 	ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-up.yml
@@ -64,14 +72,77 @@ lab-down: setup  ## remove every container, network and volume the lab made
 lab-status: setup  ## show the lab's hosts and URLs
 	@ansible-playbook -i $(LAB_INVENTORY) playbooks/lab-status.yml
 
-lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, syntax-check of every playbook
+lint: setup  ## ruff, mypy (strict, app/), yamllint, ansible-lint, actionlint (.github/workflows), syntax-check of every playbook
 	ruff check $(PY_DIRS)
 	ruff format --check $(PY_DIRS)
 	mypy
 	yamllint -s .
 	ansible-lint
+	actionlint -no-color $(WORKFLOWS)
 	for pb in $(PLAYBOOKS); do ansible-playbook -i $(LAB_INVENTORY) --syntax-check "$$pb" >/dev/null || exit 1; done
 	@echo ">> syntax-check ok: $(words $(PLAYBOOKS)) playbooks"
+
+# ansible-lint's rules with a security bearing (docs/pipeline.md says what each catches):
+# all but the opt-in no-log-password are in the production profile make lint applies.
+ANSIBLE_LINT_SECURITY_RULES = risky-file-permissions risky-octal risky-shell-pipe no-log-password partial-become \
+  command-instead-of-shell inline-env-var
+sast: setup  ## SAST: bandit on app/, ansible-lint's security rules on roles/ and playbooks/
+	bandit -q -r app/zapora -c pyproject.toml --severity-level medium --confidence-level medium -b app/bandit-baseline.json
+	ansible-lint -q --enable-list no-log-password $(foreach r,$(ANSIBLE_LINT_SECURITY_RULES),-t $(r))
+	@echo ">> sast ok: bandit (app/zapora), ansible-lint rules $(ANSIBLE_LINT_SECURITY_RULES)"
+
+# pip-audit asks PyPI's vulnerability service about every pinned package of both locks. This
+# machine may use PyPI only to install packages, so the audit runs where the network is
+# open: the CI workflow and a laptop, with AUDIT_ONLINE=1. Without it the target says so and
+# fails: it never reports a pass it did not earn.
+audit: setup  ## dependency audit of the hashed locks (pip-audit; needs PyPI's advisory service: AUDIT_ONLINE=1)
+	@if [ "$(AUDIT_ONLINE)" != 1 ]; then \
+	  echo "NOT RUN: make audit queries PyPI's vulnerability service for every pinned package;"; \
+	  echo "this machine may not. Run make audit AUDIT_ONLINE=1 where it may (the CI workflow does)."; \
+	  exit 2; fi
+	pip-audit --progress-spinner off --disable-pip --require-hashes -r requirements/app.txt
+	pip-audit --progress-spinner off --disable-pip --require-hashes -r requirements/dev.txt
+
+load-test: setup-test  ## short load on the hot routes (local API, PostgreSQL, Redis); fails over the p99 / error-rate thresholds
+	python bench/load_check.py
+
+openapi: setup  ## write the API's OpenAPI document to .cache/openapi.json (the CD workflow's ZAP scan reads it)
+	@mkdir -p .cache
+	zapora openapi >.cache/openapi.json
+	@echo ">> .cache/openapi.json: $$(python3 -c 'import json; print(len(json.load(open(".cache/openapi.json"))["paths"]))' ) paths"
+
+# The CD workflow downloads CI's release archive into .cache/releases and reads its id here.
+release-id:  ## the release id of the one archive in .cache/releases (RELEASE_OUTPUT=FILE: append release=ID)
+	@python3 scripts/release_id.py .cache/releases $(RELEASE_OUTPUT)
+
+# The edge's CA of the lab (staging here) is trusted besides the system's when it exists.
+SMOKE_CA = $(wildcard .lab/secrets/edge-ca/ca.crt)
+smoke: setup  ## a customer's journey through the edge: make smoke URL=https://... (sign in, menu, order)
+	@test -n "$(URL)" || { echo "usage: make smoke URL=<the API through the edge>"; exit 2; }
+	$(VENV)/bin/python scripts/smoke.py $(URL) $(if $(SMOKE_CA),--ca $(SMOKE_CA))
+
+# CD (docs/pipeline.md). The staging inventory; in this repository the lab is staging.
+STAGING_INVENTORY = inventory/staging
+define need_release
+	@test -n "$(RELEASE)" || { echo "usage: make $@ RELEASE=<release id> $(1)"; exit 2; }
+	@test -s .cache/releases/zapora-api-$(RELEASE).tar || { \
+	  echo "no archive .cache/releases/zapora-api-$(RELEASE).tar: build it (make api-image) or fetch CI's"; exit 2; }
+endef
+DEPLOY_RELEASE = -e app_image_archive=$(CURDIR)/.cache/releases/zapora-api-$(RELEASE).tar \
+  -e app_image=zapora/api:$(RELEASE) -e app_release=$(RELEASE)
+stage: setup  ## deploy RELEASE's archive to staging (deploy.yml), make smoke URL=..., record the pass
+	@test -n "$(URL)" || { echo "usage: make stage RELEASE=<release id> URL=<staging through its edge>"; exit 2; }
+	$(call need_release,URL=<staging through its edge>)
+	ansible-playbook -i $(STAGING_INVENTORY) playbooks/deploy.yml $(DEPLOY_RELEASE)
+	$(MAKE) --no-print-directory smoke URL=$(URL)
+	ansible-playbook -i $(STAGING_INVENTORY) playbooks/release-gate.yml -e app_release_gate=record -e app_release=$(RELEASE)
+
+promote: setup  ## deploy RELEASE, which passed staging, to INVENTORY (the same archive, no rebuild)
+	@test -n "$(RELEASE)" -a -n "$(INVENTORY)" || { echo "usage: make promote RELEASE=<release id> INVENTORY=<production inventory>"; exit 2; }
+	@# The gate first: a release that has not passed staging is refused before anything else.
+	ansible-playbook -i $(STAGING_INVENTORY) playbooks/release-gate.yml -e app_release_gate=check -e app_release=$(RELEASE)
+	$(call need_release,INVENTORY=<production inventory>)
+	ansible-playbook -i $(INVENTORY) playbooks/deploy.yml $(DEPLOY_RELEASE)
 
 test-unit: setup  ## fast checks of the repository's own conventions
 	$(call pytest,unit,tests/unit --timeout=420)
@@ -80,7 +151,7 @@ test-rules: setup-test  ## promtool check + unit tests of the alert rules (roles
 	$(call pytest,rules,tests/rules)
 
 test-app: image setup-test  ## the API's tests against real PostgreSQL and Redis (and its image build)
-	$(call pytest,app,tests/app --timeout=420 --cov=zapora --cov-report=term-missing:skip-covered --cov-fail-under=90)
+	$(call pytest,app,tests/app --timeout=420 --cov=zapora --cov-report=term-missing:skip-covered --cov-report=xml:$(RESULTS)/coverage.xml --cov-fail-under=90)
 
 test-role: image  ## molecule test for one role: make test-role ROLE=name
 	@test -n "$(ROLE)" || { echo "usage: make test-role ROLE=<name>; roles with scenarios: $(ROLES_WITH_SCENARIOS)"; exit 2; }
@@ -103,6 +174,13 @@ test-e2e: lab  ## bring the lab up (make lab), then the end-to-end suite against
 test-e2e-full: lab  ## make lab, then every end-to-end test, the slow ones too (the second and --check site.yml runs)
 	$(call pytest,e2e,-m e2e tests/e2e)
 
+# Checks of the CI/CD workflows that cannot run on this machine (docs/pipeline.md), for the
+# NOT RUN lines of make test's summary.
+WORKFLOW_ONLY = \
+  "pip-audit of the locks (make audit AUDIT_ONLINE=1, ci.yml's audit job): needs PyPI's vulnerability service, which this machine may not query" \
+  "OWASP ZAP API scan (cd.yml, against staging): the scanner is a container image, and no image can be pulled here" \
+  "image scan of the API image (Trivy, ci.yml's image job): the scanner and its vulnerability database come from the network"
+
 # One step of `make test`: runs `make TARGET`, records "TARGET ok|FAILED SECONDS".
 define step
 	echo "==== make $(1)"; start=$$(date +%s); \
@@ -119,13 +197,14 @@ test:  ## every test: the lab and the end-to-end suite in the background from th
 	  if $(MAKE) --no-print-directory lab >$(RESULTS)/lab.log 2>&1; then s=ok; else s=FAILED; fi; \
 	  echo $$s >$(RESULTS)/lab.rc; echo "lab $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt; \
 	  if [ $$s = ok ]; then ( $(call step,test-e2e-suite) ) >$(RESULTS)/e2e.log 2>&1; fi ) & lab_pid=$$!; \
-	for t in api-image lint test-unit test-rules test-app test-roles; do $(call step,$$t); done; \
+	for t in api-image lint sast test-unit test-rules test-app test-roles; do $(call step,$$t); done; \
 	wait $$lab_pid || true; \
 	if [ "$$(cat $(RESULTS)/lab.rc 2>/dev/null)" = ok ]; then \
 	  echo "==== make lab: ok"; cat $(RESULTS)/e2e.log; \
 	else \
 	  echo "==== make lab: FAILED; last lines of its log:"; tail -n 80 $(RESULTS)/lab.log; rc=1; \
 	fi; \
+	printf '%s\n' $(WORKFLOW_ONLY) >>$(RESULTS)/not-run.txt; \
 	python3 scripts/test-summary.py $(RESULTS) || rc=1; exit $$rc
 
 lock:  ## regenerate requirements/*.txt (pins and hashes, no index URLs) from pyproject.toml

@@ -132,12 +132,43 @@ def wrk(
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    requests = re.search(r"(\d+) requests in", out)
     return {
+        "requests": float(requests.group(1)) if requests else 0.0,
+        "socket_errors": float(sum(int(n) for n in sockets.groups())) if sockets else 0.0,
         "rps": rps,
         "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
     }
+
+
+def post_orders_script(path: Path, token: str, ids: dict[str, str]) -> Path:
+    """A wrk script that places an order per request, each with its own Idempotency-Key."""
+    body = json.dumps(
+        {
+            "items": [
+                {"menu_item_id": ids["item_a"], "quantity": 2},
+                {"menu_item_id": ids["item_b"], "quantity": 1},
+            ]
+        }
+    )
+    path.write_text(
+        "local n = 0\n"
+        f"local prefix = '{uuid.uuid4().hex}'\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  return wrk.format('POST', '/orders', {\n"
+        f"    ['Authorization'] = 'Bearer {token}',\n"
+        "    ['Content-Type'] = 'application/json',\n"
+        "    ['Idempotency-Key'] = prefix .. '-' .. n}, "
+        f"'{body}')\n"
+        "end\n"
+    )
+    return path
 
 
 def cpu_seconds(master: int) -> float:
@@ -245,27 +276,7 @@ def main() -> int:
                 json={"items": [{"menu_item_id": ids["item_a"], "quantity": 2}]},
                 headers=auth,
             ).json()
-            script = tmp / "post_orders.lua"
-            body = json.dumps(
-                {
-                    "items": [
-                        {"menu_item_id": ids["item_a"], "quantity": 2},
-                        {"menu_item_id": ids["item_b"], "quantity": 1},
-                    ]
-                }
-            )
-            script.write_text(
-                "local n = 0\n"
-                f"local prefix = '{uuid.uuid4().hex}'\n"
-                "request = function()\n"
-                "  n = n + 1\n"
-                "  return wrk.format('POST', '/orders', {\n"
-                f"    ['Authorization'] = 'Bearer {token}',\n"
-                "    ['Content-Type'] = 'application/json',\n"
-                "    ['Idempotency-Key'] = prefix .. '-' .. n}, "
-                f"'{body}')\n"
-                "end\n"
-            )
+            script = post_orders_script(tmp / "post_orders.lua", token, ids)
             # Warm-up: caches, pools, bytecode.
             wrk(base + "/menu-items", seconds=2)
             wrk(ceiling_url, seconds=2)

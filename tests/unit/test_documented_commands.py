@@ -26,6 +26,15 @@ NOT_RUN = {
     "make bench-backup": "a benchmark (a 1 GB database per repository); docs/postgresql.md",
     "make test-e2e-full": "CI runs the same suite without its slow tests (make test-e2e-suite)",
     "make lock": "re-resolves every pin against PyPI and rewrites requirements/; run by hand",
+    "make audit AUDIT_ONLINE=…": "pip-audit asks PyPI's vulnerability service about every "
+    "pinned package, which this machine may not; the CI workflow's audit job runs it "
+    "(tests/unit/test_pipeline.py checks that make audit says it cannot run here)",
+    "make load-test": "a minute of load on the API beside the lab on 2 cores: its p99 would "
+    "measure the lab's load; the CI workflow's load job runs it (figures in docs/pipeline.md)",
+    "make api-image RELEASE_OUTPUT=…": "the CI workflow's form; make test runs make api-image, "
+    "and RELEASE_OUTPUT only appends the build's release, image and archive to a file",
+    "make release-id RELEASE_OUTPUT=…": "reads the archive the CD workflow downloaded; "
+    "tests/unit/test_pipeline.py runs its script on one, none and two archives",
     "playbooks/redis-restore.yml": "asks for yes at a terminal; tests/e2e/test_redis.py runs "
     "the documented form that answers it (-e redis_restore_confirm=yes)",
     "playbooks/redis-restore.yml -e redis_restore_key=…": "asks for yes at a terminal; "
