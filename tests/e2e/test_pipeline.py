@@ -87,7 +87,7 @@ def test_make_promote_refuses_a_release_that_has_not_passed_staging(lab: Lab) ->
     assert (app_state(lab, app1), len(_history(lab, app1))) == before
 
 
-@pytest.mark.slow(reason="two deploy.yml runs (noops) and the gate: about 2 min")
+@pytest.mark.slow(reason="make stage and make promote: two deploy.yml runs (noops), 35 s")
 @pytest.mark.lab(shared=("data",), exclusive=("app",))
 def test_the_active_release_goes_through_stage_and_promote(lab: Lab) -> None:
     app1 = lab.groups["app"][0]
