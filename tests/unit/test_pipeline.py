@@ -8,6 +8,7 @@ task file against a temporary state directory.
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import re
 import subprocess
@@ -363,3 +364,27 @@ def test_make_openapi_writes_the_document_zap_scans() -> None:
     document = json.loads((REPO / ".cache" / "openapi.json").read_text())
     assert document["openapi"].startswith("3.")
     assert {"/auth/login", "/menu-items", "/orders", "/orders/{order_id}"} <= set(document["paths"])
+
+
+# --- make load-test's thresholds -----------------------------------------------------------
+
+
+def test_load_test_thresholds_fail_on_p99_error_rate_and_too_few_requests() -> None:
+    spec = importlib.util.spec_from_file_location("load_check", REPO / "bench" / "load_check.py")
+    assert spec and spec.loader
+    load_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load_check)
+    good = {"requests": 1000.0, "errors": 5.0, "socket_errors": 0.0, "p99_ms": 120.0}
+    assert load_check.verdicts({"GET /menu-items": good}) == []
+    failed = load_check.verdicts(
+        {
+            "GET /menu-items": {**good, "p99_ms": 501.0},
+            "GET /orders/{id}": {**good, "errors": 8.0, "socket_errors": 3.0},
+            "POST /orders": {**good, "requests": 99.0, "errors": 0.0},
+        }
+    )
+    assert failed == [
+        "GET /menu-items: p99 501.0 ms > 500 ms",
+        "GET /orders/{id}: error rate 1.10% > 1.00%",
+        "POST /orders: 99 requests < 100",
+    ], failed
