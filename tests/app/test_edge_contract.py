@@ -12,6 +12,7 @@ from pathlib import Path
 import jinja2
 import yaml
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 ROLE = Path(__file__).resolve().parents[2] / "roles" / "nginx"
 
@@ -44,8 +45,8 @@ def _allow(entries: list[tuple[re.Pattern[str], str]], key: str) -> str:
     return next((allow for pattern, allow in entries if pattern.search(key)), "")
 
 
-def test_the_edge_allow_header_names_the_api_methods(client: object) -> None:
-    app: FastAPI = client.app  # type: ignore[attr-defined]
+def test_the_edge_allow_header_names_the_api_methods(client: TestClient) -> None:
+    app: FastAPI = client.app  # type: ignore[assignment]
     api = _api_methods(app)
     entries = _allow_map()
     some_id = str(uuid.uuid4())
@@ -59,3 +60,18 @@ def test_the_edge_allow_header_names_the_api_methods(client: object) -> None:
         assert _allow(entries, f"405 {concrete}/x/y/z") == "", path
     assert _allow(entries, "405 /users/me") == "GET"
     assert _allow(entries, "405 /nowhere") == ""
+
+
+def test_every_operation_documents_the_edge_answers(client: TestClient) -> None:
+    """Clients call the API through the edge: its WAF's 403 and its rate limit's 429 (with
+    Retry-After) are in the document for every operation, as problem+json."""
+    doc = client.get("/openapi.json").json()
+    operations = [op for path in doc["paths"].values() for op in path.values()]
+    assert len(operations) >= 20
+    for operation in operations:
+        responses = operation["responses"]
+        assert {"403", "429"} <= set(responses), operation["operationId"]
+        for status in ("403", "429"):
+            assert set(responses[status]["content"]) == {"application/problem+json"}
+        assert "Retry-After" in responses["429"]["headers"]
+        assert "WAF" in responses["403"]["description"]
