@@ -28,9 +28,10 @@ pytestmark = pytest.mark.e2e
 
 # Bounded: the fuzzing phase with one example per operation (91 requests for the 24
 # operations, measured against a local server: about 60 s at 90 a minute); the coverage
-# phase's every-boundary cases would need many minutes at the edge's pace. A 400 answers a well-formed cursor the API did not issue (documented),
-# as in tests/app/test_contract.py; 429 (the edge's limit, the per-user write limit) and
-# the WAF's 403 are documented answers to any request.
+# phase's every-boundary cases would need many minutes at the edge's pace. A 400 answers a
+# well-formed cursor the API did not issue (documented), as in tests/app/test_contract.py;
+# 429 (the edge's limit, the per-user write limit) and the WAF's 403 are documented
+# answers to any request.
 CONFIG = """
 [[operations]]
 include-path-regex = "^/(orders|audit-events)$"
