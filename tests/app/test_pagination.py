@@ -143,14 +143,12 @@ def test_cursor_not_issued_for_this_list_is_refused(
     staff = people.staff.headers
     cursor = _cursor(client, staff)
     flipped = cursor[:10] + ("a" if cursor[10] != "a" else "b") + cursor[11:]
+    assert len(cursor) == 82
     forged = [
         flipped,  # altered position or signature
-        cursor[:-3],  # truncated
-        cursor + "00",  # extended
-        "a",  # odd length: not hex bytes
-        "abcd",  # a few bytes
         cursor[:-32] + "0" * 32,  # position kept, signature replaced
-        "f" * 200,  # pattern-valid, longest
+        "f" * 82,  # pattern-valid
+        "00" + cursor[2:],  # another version byte
     ]
     for bad in forged:
         _assert_bad_cursor(client.get("/orders", params={"cursor": bad}, headers=staff))
@@ -164,8 +162,9 @@ def test_cursor_not_issued_for_this_list_is_refused(
     _assert_bad_cursor(
         client.get("/audit-events", params={"cursor": cursor}, headers=people.admin.headers)
     )
-    # Outside the documented shape: a schema violation, 422.
-    for bad in ("not a cursor", "a" * 201, "ab+/=", "ABCD", "ab-cd"):
+    # Outside the documented shape (82 lower-case hex digits): a schema violation, 422.
+    outside = ("0", "a", "abcd", cursor[:-2], cursor + "00", cursor.upper(), "not a cursor")
+    for bad in (*outside, "a" * 201, "ab+/=", "ab-cd"):
         r = client.get("/orders", params={"cursor": bad}, headers=staff)
         assert r.status_code == 422, (bad, r.status_code)
     # The genuine cursor still works.
@@ -193,7 +192,10 @@ def test_openapi_documents_the_cursor_contract(client: TestClient) -> None:
     for path in ("/orders", "/audit-events"):
         operation = doc["paths"][path]["get"]
         params = {p["name"]: p for p in operation["parameters"]}
-        assert params["cursor"]["schema"]["anyOf"][0]["pattern"] == "^[0-9a-f]+$"
+        cursor = params["cursor"]["schema"]["anyOf"][0]
+        # The issued cursors' exact shape: "0" and other strings the API refuses are invalid.
+        assert cursor["pattern"] == "^[0-9a-f]{82}$"
+        assert cursor["minLength"] == cursor["maxLength"] == 82
         assert params["offset"]["deprecated"] is True
         assert params["offset"]["schema"]["maximum"] == 10_000
         assert "400" in operation["responses"]

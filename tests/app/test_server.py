@@ -180,6 +180,59 @@ def test_spans_reach_the_collector(running: Running, catalog: Catalog, people: P
     assert any(n.startswith("redis ") for n in names)
 
 
+def _route(attrs: dict[str, Any]) -> str | None:
+    value = attrs.get("http.route")
+    return None if value is None else str(value.string_value)
+
+
+def test_order_spans_name_their_route(running: Running, catalog: Catalog, people: People) -> None:
+    """The hot order routes are routed like every route: their server span carries the route
+    template (`http.route`) and their SQL spans come in the same trace (the removed fast
+    path's spans had neither, issue 19)."""
+    traces = {
+        "POST": "5bf92f3577b34da6a3ce929d0e0e4736",
+        "GET": "6bf92f3577b34da6a3ce929d0e0e4736",
+    }
+    body = {"items": [{"menu_item_id": catalog.items[0]["id"], "quantity": 1}]}
+    created = httpx.post(
+        running.url + "/orders",
+        json=body,
+        headers={
+            **people.customer.headers,
+            "traceparent": f"00-{traces['POST']}-00f067aa0ba902b7-01",
+        },
+    )
+    assert created.status_code == 201
+    shown = httpx.get(
+        f"{running.url}/orders/{created.json()['id']}",
+        headers={
+            **people.customer.headers,
+            "traceparent": f"00-{traces['GET']}-00f067aa0ba902b7-01",
+        },
+    )
+    assert shown.status_code == 200
+    wanted = {"POST": "/orders", "GET": "/orders/{order_id}"}
+    deadline = time.monotonic() + 10
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    while time.monotonic() < deadline:
+        found = {
+            method: [(name, attrs) for tid, name, attrs in running.collector.spans if tid == trace]
+            for method, trace in traces.items()
+        }
+        if all(
+            any(_route(a) == wanted[m] for _, a in spans)
+            and any(n.startswith("SQL ") for n, _ in spans)
+            for m, spans in found.items()
+        ):
+            break
+        time.sleep(0.2)
+    for method, spans in found.items():
+        names = [name for name, _ in spans]
+        assert f"{method} {wanted[method]}" in names, names
+        assert any(_route(a) == wanted[method] for _, a in spans), spans
+        assert any(name.startswith("SQL ") for name in names), names
+
+
 def test_concurrent_idempotent_posts_over_http(
     running: Running, people: People, catalog: Catalog, db: psycopg.Connection[dict[str, Any]]
 ) -> None:

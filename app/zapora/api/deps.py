@@ -17,7 +17,7 @@ from zapora.services.common import (
     Role,
     Unauthorized,
 )
-from zapora.services.pagination import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_OFFSET, Window
+from zapora.services.pagination import CURSOR_LENGTH, CURSOR_PATTERN, MAX_OFFSET, Window
 from zapora.services.registry import Services
 
 SIGN_IN = "Sign in to use this endpoint."
@@ -123,8 +123,8 @@ async def get_window(
     cursor: Annotated[
         str | None,
         Query(
-            min_length=1,
-            max_length=CURSOR_MAX_LENGTH,
+            min_length=CURSOR_LENGTH,
+            max_length=CURSOR_LENGTH,
             pattern=CURSOR_PATTERN,
             description="`next_cursor` of the previous page, as returned (opaque).",
         ),

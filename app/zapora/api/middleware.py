@@ -12,10 +12,12 @@ from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zapora.api.problems import for_exception, problem
+from zapora.infra.logging import access_line
 from zapora.infra.metrics import DURATION, REQUESTS
 from zapora.infra.tracing import current_trace_id, tracing_enabled
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_READ = frozenset((b"x-request-id", b"content-length", b"traceparent", b"x-forwarded-for"))
 
 
 class BodyTooLarge(HTTPException):
@@ -36,7 +38,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        # Only the headers read here, not a dict of every header: this runs on every request.
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in _READ:
+                headers[name.decode("latin-1")] = value.decode("latin-1")
         request_id = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex
@@ -122,21 +128,20 @@ class RequestContextMiddleware:
         REQUESTS.labels(method, route, str(status)).inc()
         DURATION.labels(method, route).observe(elapsed)
         state = scope.get("state", {})
-        logger.info(
-            "{} {} {}",
-            method,
-            route,
-            status,
-            kind="access",
-            request_id=request_id,
-            trace_id=trace_id,
-            user_id=state.get("user_id"),
-            method=method,
-            route=route,
-            path=scope["path"],
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-            client_ip=state.get("client_ip"),
+        access_line(
+            f"{method} {route} {status}",
+            {
+                "request_id": request_id,
+                "trace_id": trace_id,
+                "kind": "access",
+                "user_id": state.get("user_id"),
+                "method": method,
+                "route": route,
+                "path": scope["path"],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client_ip": state.get("client_ip"),
+            },
         )
 
 

@@ -4,8 +4,10 @@ FastAPI documents the success response and a JSON validation body that the API n
 This module replaces that with the problem+json schema the API does send and adds, per
 operation, the error statuses its dependencies and rules produce: 401 when it needs a bearer
 token, 403 when it needs a role, 404 when it names a resource, 413 when it takes a body, 422
-when it takes input, 503 (with Retry-After) when a database or Redis is unavailable. Routes
-declare their own business outcomes (409, 429, ...) with `errors(...)`."""
+when it takes input, 503 (with Retry-After) when a database or Redis is unavailable, and on
+every operation the edge's own answers (docs/edge.md): 403 from its WAF (ModSecurity with the
+OWASP CRS) and 429 from its per-address rate limit. Routes declare their own business outcomes
+(409, ...) with `errors(...)`."""
 
 from __future__ import annotations
 
@@ -97,21 +99,32 @@ def _dependency_calls(route: APIRoute) -> set[str]:
     return names
 
 
-def _generic_statuses(route: APIRoute, method: str, operation: dict[str, Any]) -> set[int]:
+_EDGE_403 = "The edge's WAF (ModSecurity with the OWASP CRS) refused the request."
+_EDGE_429 = "Too many requests from this address at the edge; wait Retry-After seconds."
+_EDGE = {403: _EDGE_403, 429: _EDGE_429}
+
+
+def _generic_statuses(
+    route: APIRoute, method: str, operation: dict[str, Any]
+) -> dict[int, str | None]:
+    """The statuses every such operation can answer, with a description where the default
+    does not fit."""
     calls = _dependency_calls(route)
-    statuses = {503}
+    # Clients reach the API through the edge, which answers these itself on any operation.
+    statuses: dict[int, str | None] = {503: None, 403: _EDGE_403, 429: _EDGE_429}
     if "current_actor" in calls:
-        statuses.add(401)
+        statuses[401] = None
         if method != "GET":
-            statuses.add(429)  # the per-user write limit
+            statuses[429] = "Too many writes by this user; wait Retry-After. Or: " + _EDGE_429
     if any(name.startswith("_require") for name in calls):
-        statuses.add(403)
+        statuses[403] = "The caller's role does not allow this. Or: " + _EDGE_403
     if operation.get("parameters") or operation.get("requestBody"):
-        statuses.add(422)
+        statuses[422] = None
     if "{" in route.path:
-        statuses.add(404)
+        statuses[404] = None
     if operation.get("requestBody"):
-        statuses.update((400, 413))
+        statuses[400] = None
+        statuses[413] = None
     return statuses
 
 
@@ -140,8 +153,12 @@ def build(app: FastAPI, routers: Sequence[APIRouter]) -> dict[str, Any]:
         for method in route.methods or ():
             operation = doc["paths"][route.path_format][method.lower()]
             responses: dict[str, Any] = operation["responses"]
-            for status in _generic_statuses(route, method, operation):
-                responses.setdefault(str(status), {})
+            for status, text in _generic_statuses(route, method, operation).items():
+                own = responses.setdefault(str(status), {"description": text} if text else {})
+                edge = _EDGE.get(status)
+                if edge and edge not in own.get("description", edge):
+                    # The route's own reason for this status, and the edge's.
+                    own["description"] = f"{own['description']} Or: {edge}"
             for code, response in list(responses.items()):
                 if code.isdigit() and int(code) >= 400:
                     description = response.get("description")

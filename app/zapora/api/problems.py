@@ -64,7 +64,7 @@ async def _domain(request: Request, exc: Exception) -> ProblemResponse:
 
 
 def domain_problem(exc: DomainError) -> ProblemResponse:
-    """The answer to a domain error (the handler's, and the fast paths' in api/fast_orders)."""
+    """The answer to a domain error."""
     status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 400)
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):

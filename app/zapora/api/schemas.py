@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from zapora.services.common import Role
+
+# The order's one shape is the service's model, re-exported (explicitly, for mypy) here.
+from zapora.services.orders import OrderLineOut as OrderLineOut
+from zapora.services.orders import OrderOut as OrderOut
+from zapora.services.orders import OrderStatus as OrderStatus
 
 MIN_PASSWORD_CHARS = 10
 MAX_PASSWORD_CHARS = 72
@@ -68,7 +73,6 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 PriceMinor = Annotated[int, Strict(), Field(ge=0, le=100_000_000), BeforeValidator(_whole_number)]
 Quantity = Annotated[int, Strict(), Field(ge=1, le=50), BeforeValidator(_whole_number)]
 Flag = Annotated[bool, Field(strict=True)]
-OrderStatus = Literal["pending", "confirmed", "preparing", "ready", "delivered", "cancelled"]
 
 
 class RequestBody(BaseModel):
@@ -165,26 +169,6 @@ class OrderLineIn(RequestBody):
 class OrderIn(RequestBody):
     items: Annotated[list[OrderLineIn], Field(min_length=1, max_length=50)]
     notes: Text(500) | None = None  # type: ignore[valid-type]
-
-
-class OrderLineOut(BaseModel):
-    menu_item_id: UUID
-    name: str
-    quantity: int
-    unit_price_minor: int
-
-
-class OrderOut(BaseModel):
-    id: UUID
-    user_id: UUID
-    status: OrderStatus
-    items: list[OrderLineOut]
-    total_minor: int
-    currency: str
-    notes: str | None
-    version: int
-    created_at: datetime
-    updated_at: datetime
 
 
 class StatusIn(RequestBody):

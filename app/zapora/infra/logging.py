@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import traceback
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -47,7 +47,30 @@ class InterceptHandler(logging.Handler):
 _LEVELS = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
 
 
+# Whether INFO lines are written (setup_logging's level): the access line checks it itself.
+_info_on = True
+
+
+def access_line(message: str, fields: dict[str, Any]) -> None:
+    """The request's access line, in the shape _sink writes, straight to stdout: loguru's record
+    machinery (caller frame, context copy, level lookup) cost more CPU than the rest of the
+    request middleware together (issue 19's profile of the order routes)."""
+    if not _info_on:
+        return
+    line: dict[str, Any] = {
+        "ts": datetime.now(UTC).isoformat(),
+        "level": "INFO",
+        "logger": "zapora.api.middleware",
+        "message": message,
+    }
+    line.update(fields)
+    sys.stdout.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
 def setup_logging(level: str = "INFO") -> None:
+    global _info_on
+    _info_on = logger.level(level.upper()).no <= logger.level("INFO").no
     logger.remove()
     logger.add(_sink, level=level.upper(), backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[InterceptHandler()], level=level.upper(), force=True)

@@ -6,10 +6,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import psycopg
+from pydantic import BaseModel, ConfigDict
 
 from zapora.infra.db import Conn, Row
 from zapora.infra.metrics import ORDERS_CREATED, REVENUE_MINOR
@@ -46,29 +47,41 @@ def request_fingerprint(items: list[tuple[UUID, int]], notes: str | None) -> str
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def order_json(order: Row, lines: list[Row]) -> dict[str, Any]:
-    """The order as OrderOut's fields, in its order; times stay datetimes (the response model,
-    or pydantic_core.to_json on the fast path, renders them alike)."""
-    return {
-        "id": str(order["id"]),
-        "user_id": str(order["user_id"]),
-        "status": order["status"],
-        "items": [
-            {
-                "menu_item_id": str(line["menu_item_id"]),
-                "name": line["name"],
-                "quantity": line["quantity"],
-                "unit_price_minor": line["unit_price_minor"],
-            }
-            for line in lines
-        ],
-        "total_minor": order["total_minor"],
-        "currency": order["currency"].strip(),
-        "notes": order["notes"],
-        "version": order["version"],
-        "created_at": order["created_at"],
-        "updated_at": order["updated_at"],
-    }
+OrderStatus = Literal["pending", "confirmed", "preparing", "ready", "delivered", "cancelled"]
+
+
+class OrderLineOut(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    menu_item_id: UUID
+    name: str
+    quantity: int
+    unit_price_minor: int
+
+
+class OrderOut(BaseModel):
+    """The one definition of an order as the API shows it: the response model of every
+    order route (named as the OpenAPI document names it). Rows and the JSON body the order's
+    statement builds are validated into it, so a column or key that drifts fails here instead
+    of reaching a client, and every route renders times and ids alike."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: UUID
+    user_id: UUID
+    status: OrderStatus
+    items: list[OrderLineOut]
+    total_minor: int
+    currency: str
+    notes: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, order: Row, lines: list[Row]) -> OrderOut:
+        # currency is char(3) in the table; rtrim'd in the statement's own body.
+        return cls.model_validate({**order, "currency": order["currency"].strip(), "items": lines})
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ class OrderService:
         items: list[tuple[UUID, int]],
         notes: str | None,
         idempotency_key: str | None,
-    ) -> tuple[int, dict[str, Any], UUID]:
+    ) -> tuple[int, OrderOut, UUID]:
         """Returns (status code, order, caller's id); a replayed key returns the first
         response. The caller's row is checked here, in the order's own statement (active, token
         not revoked: else Unauthorized), so the request makes one round trip to PostgreSQL."""
@@ -140,21 +153,21 @@ class OrderService:
         ORDERS_CREATED.labels(currency).inc()
         REVENUE_MINOR.labels(currency).inc(row["total_minor"])
         if Role(row["role"]) in STAFF_ROLES:
-            self.audit.announce("order.created", user_id, origin, ("order", body["id"]), {})
+            self.audit.announce("order.created", user_id, origin, ("order", str(body["id"])), {})
         await self.infra.mark_fresh(user_id)
-        return 201, body, user_id
+        return 201, OrderOut.model_validate(body), user_id
 
     @staticmethod
-    def _replay(record: Row | None, fingerprint: str) -> tuple[int, dict[str, Any]]:
+    def _replay(record: Row | None, fingerprint: str) -> tuple[int, OrderOut]:
         if record is None or record["response_body"] is None:
             raise Conflict("A request with this Idempotency-Key is still in progress.")
         if record["request_hash"] != fingerprint:
             raise Conflict("This Idempotency-Key was already used with a different request body.")
-        return int(record["response_status"]), dict(record["response_body"])
+        return int(record["response_status"]), OrderOut.model_validate(record["response_body"])
 
     async def list(
         self, actor: Actor, window: Window, status: str | None, fresh: bool
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[OrderOut], str | None]:
         owner = None if actor.is_staff else actor.id
         # The cursor is bound to the caller's view and filter: reused elsewhere it is refused.
         scope = f"orders:{owner or '*'}:{status or ''}"
@@ -167,24 +180,24 @@ class OrderService:
             return rows, cursor, lines
 
         rows, cursor, lines = await self.infra.db.read(read, fresh=fresh)
-        return [order_json(row, lines.get(row["id"], [])) for row in rows], cursor
+        return [OrderOut.from_row(row, lines.get(row["id"], [])) for row in rows], cursor
 
-    async def get(self, actor: Actor, order_id: UUID, fresh: bool) -> dict[str, Any]:
+    async def get(self, actor: Actor, order_id: UUID, fresh: bool) -> OrderOut:
         row = await self.infra.db.read(
             lambda conn: repo.get_with_lines(conn, order_id), fresh=fresh
         )
         return self._visible(actor, row)
 
     @staticmethod
-    def _visible(actor: Actor, row: Row | None) -> dict[str, Any]:
+    def _visible(actor: Actor, row: Row | None) -> OrderOut:
         # Someone else's order looks exactly like a missing one.
         if row is None or (not actor.is_staff and row["user_id"] != actor.id):
             raise NotFound("Order not found.")
-        return order_json(row, row["lines"])
+        return OrderOut.from_row(row, row["lines"])
 
     async def get_signed_in(
         self, auth: AuthService, token: str, order_id: UUID, fresh: bool
-    ) -> tuple[Actor, dict[str, Any]]:
+    ) -> tuple[Actor, OrderOut]:
         """Authenticate the bearer token and read the order: the checks of `current_actor`
         then `get`, in that order. When the order is read from the primary anyway (no
         replica, or the caller wrote recently), the caller's row and the order come in one
@@ -200,9 +213,7 @@ class OrderService:
         actor = auth.actor_for(claims, user)
         return actor, self._visible(actor, row)
 
-    async def advance(
-        self, actor: Actor, origin: Origin, order_id: UUID, status: str
-    ) -> dict[str, Any]:
+    async def advance(self, actor: Actor, origin: Origin, order_id: UUID, status: str) -> OrderOut:
         async with self.infra.db.transaction() as conn:
             row = await repo.get(conn, order_id, for_update=True)
             if row is None:
@@ -213,7 +224,7 @@ class OrderService:
         await self._after_change(actor, body)
         return body
 
-    async def cancel(self, actor: Actor, origin: Origin, order_id: UUID) -> dict[str, Any]:
+    async def cancel(self, actor: Actor, origin: Origin, order_id: UUID) -> OrderOut:
         async with self.infra.db.transaction() as conn:
             row = await repo.get(conn, order_id, for_update=True)
             if row is None or (not actor.is_staff and row["user_id"] != actor.id):
@@ -227,7 +238,7 @@ class OrderService:
 
     async def _set_status(
         self, conn: Conn, actor: Actor, origin: Origin, row: Row, status: str, action: str
-    ) -> dict[str, Any]:
+    ) -> OrderOut:
         updated = await repo.set_status(conn, row["id"], status)
         assert updated is not None
         await self._event(conn, updated, "order.status_changed")
@@ -242,9 +253,9 @@ class OrderService:
                 conn=conn,
             )
         lines = await repo.lines(conn, [row["id"]])
-        return order_json(updated, lines.get(row["id"], []))
+        return OrderOut.from_row(updated, lines.get(row["id"], []))
 
-    async def _after_change(self, actor: Actor, body: dict[str, Any]) -> None:
+    async def _after_change(self, actor: Actor, body: OrderOut) -> None:
         await self.infra.mark_fresh(actor.id)
 
     async def _event(self, conn: Conn, order: dict[str, Any], event: str) -> None:

@@ -24,8 +24,10 @@ _MAC_BYTES = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Offset pagination is kept for old clients, bounded so that a deep offset cannot cost a scan.
 MAX_OFFSET = 10_000
-CURSOR_PATTERN = r"^[0-9a-f]+$"
-CURSOR_MAX_LENGTH = 200
+# Every cursor this release issues is 41 bytes (version, timestamp, id, MAC) in hex: the
+# document says so, so that a string the API must refuse (like "0") is not valid by the schema.
+CURSOR_LENGTH = 2 * (1 + 8 + 16 + _MAC_BYTES)
+CURSOR_PATTERN = rf"^[0-9a-f]{{{CURSOR_LENGTH}}}$"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from zapora.api.deps import (
     SIGN_IN,
@@ -26,6 +26,13 @@ from zapora.services.common import Unauthorized
 from zapora.services.orders import Caller
 
 router = APIRouter(prefix="/orders", tags=["orders"], route_class=StrictJSONRoute)
+
+
+def _json(order: OrderOut, status: int = 200) -> Response:
+    """The order serialised once by its own model: the service already validated it, so the
+    response model's second validation and serialisation is skipped on the hot routes."""
+    return Response(order.model_dump_json(), status_code=status, media_type="application/json")
+
 
 IdempotencyKey = Annotated[
     str | None,
@@ -52,7 +59,7 @@ async def create_order(
     actor: CurrentActor,
     request: Request,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     # Looked up here, not as dependencies: cheaper on the hot path (see get_order).
     services = await get_services(request)
     origin = await get_origin(request)
@@ -61,7 +68,7 @@ async def create_order(
     status, order, _ = await services.orders.create(
         caller, origin, items, body.notes, idempotency_key
     )
-    return JSONResponse(order, status_code=status)
+    return _json(order, status)
 
 
 @router.get("", response_model=CursorPageOut[OrderOut], responses=errors(400, s400=BAD_CURSOR))
@@ -77,7 +84,7 @@ async def list_orders(
 
 
 @router.get("/{order_id}", response_model=OrderOut, responses=errors(401))
-async def get_order(order_id: UUID, request: Request, credentials: Bearer) -> Any:
+async def get_order(order_id: UUID, request: Request, credentials: Bearer) -> Response:
     # current_actor's checks, made by the service in the same round trip as the order read.
     # The services and the read routing are looked up here rather than as dependencies:
     # each dependency costs FastAPI's resolver more than the lookup itself.
@@ -89,7 +96,7 @@ async def get_order(order_id: UUID, request: Request, credentials: Bearer) -> An
         services.auth, credentials.credentials, order_id, fresh
     )
     request.state.user_id = str(actor.id)
-    return order
+    return _json(order)
 
 
 @router.patch(
