@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,14 @@ class Lab:
                 f"stdout: {result.stdout}\nstderr: {result.stderr}"
             )
         return result
+
+
+def on_every(lab: Lab, hosts: list[str], command: str) -> None:
+    """`command` on every host at once (an outage starts and ends on all of them together,
+    not one after another)."""
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        for done in [pool.submit(lab.ssh, h, command) for h in hosts]:
+            done.result()
 
 
 def venv_tool(name: str) -> str:
