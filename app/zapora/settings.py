@@ -68,8 +68,12 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(default=500, ge=1)
     redis_socket_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    # Attempts after a dropped connection (with backoff, each one asking Sentinel afresh).
-    redis_retries: int = Field(default=10, ge=0)
+    # Attempts after a dropped connection (a fresh connection, asking Sentinel afresh); a
+    # second failed attempt opens the circuit breaker and ends the command, so 0 or 1.
+    redis_retries: int = Field(default=1, ge=0, le=1)
+    # While the breaker is open, requests skip Redis and one probe PINGs it this often; the
+    # first answer closes the breaker.
+    redis_breaker_cooldown_seconds: float = Field(default=1.0, gt=0)
 
     jwt_secret_file: Path | None = None
     jwt_issuer: str = "zapora"

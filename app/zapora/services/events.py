@@ -45,17 +45,21 @@ class OrderEventConsumer:
 
     async def process(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         data = {k.decode(): v.decode() for k, v in fields.items()}
-        # The stream id is the primary key: a redelivered entry is recorded once.
+        # Recorded once per change: a redelivered entry repeats its stream id (the primary
+        # key), an outbox row relayed twice (the relay died before deleting it, or its XADD
+        # missed the replicas' deadline) repeats its outbox id (unique, migration 0004).
+        outbox_id = data.get("outbox_id")
         async with self.infra.db.transaction() as conn:
             await execute(
                 conn,
-                "INSERT INTO order_events (stream_id, order_id, status, occurred_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (stream_id) DO NOTHING",
+                "INSERT INTO order_events (stream_id, order_id, status, occurred_at, outbox_id)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (
                     entry_id.decode(),
                     data["order_id"],
                     data["status"],
                     datetime.fromisoformat(data["occurred_at"]),
+                    int(outbox_id) if outbox_id else None,
                 ),
             )
         await self.infra.redis.xack(self.stream, self.group, entry_id)
