@@ -25,7 +25,7 @@ from .conftest import relay_outbox
 STREAM = "zapora:order-events"
 
 
-def _outbox_row(db: psycopg.Connection[dict[str, Any]]) -> tuple[int, uuid.UUID]:
+def outbox_row(db: psycopg.Connection[dict[str, Any]]) -> tuple[int, uuid.UUID]:
     order_id = uuid.uuid4()
     payload = {
         "event": "order.created",
@@ -42,7 +42,8 @@ def _outbox_row(db: psycopg.Connection[dict[str, Any]]) -> tuple[int, uuid.UUID]
     return int(row["id"]), order_id
 
 
-async def _consume(settings: Settings) -> int:
+async def consume_once(settings: Settings) -> int:
+    """One consumer pass (no relay) on a client of its own."""
     infra = Infra.from_settings(settings)
     await infra.open()
     try:
@@ -53,7 +54,7 @@ async def _consume(settings: Settings) -> int:
         await infra.close()
 
 
-def _recorded(db: psycopg.Connection[dict[str, Any]], order_id: uuid.UUID) -> list[Any]:
+def recorded(db: psycopg.Connection[dict[str, Any]], order_id: uuid.UUID) -> list[Any]:
     return db.execute(
         "SELECT outbox_id FROM order_events WHERE order_id = %s", (order_id,)
     ).fetchall()
@@ -65,7 +66,7 @@ def test_an_event_no_replica_has_stays_in_the_outbox(
     """The session's Redis has no replica: with ZAPORA_REDIS_WAIT_REPLICAS=1 the relay's WAIT
     times out, the relay reports it and keeps the row; the row goes out once a relay needs
     no replica, and the consumer records the change once although the stream holds it twice."""
-    outbox_id, order_id = _outbox_row(db)
+    outbox_id, order_id = outbox_row(db)
     waiting = settings.model_copy(update={"redis_wait_replicas": 1, "redis_wait_timeout_ms": 100})
     with pytest.raises(NotReplicatedError, match="reached 0 of 1 replicas"):
         asyncio.run(relay_outbox(waiting))
@@ -73,8 +74,8 @@ def test_an_event_no_replica_has_stays_in_the_outbox(
     assert asyncio.run(relay_outbox(settings)) == 1
     assert db.execute("SELECT id FROM outbox").fetchall() == []
     assert rds.xlen(STREAM) == 2  # the first XADD reached the primary
-    assert asyncio.run(_consume(settings)) == 2
-    assert _recorded(db, order_id) == [{"outbox_id": outbox_id}]
+    assert asyncio.run(consume_once(settings)) == 2
+    assert recorded(db, order_id) == [{"outbox_id": outbox_id}]
 
 
 async def _relay_killed_before_delete(settings: Settings, dsn: str) -> None:
@@ -117,7 +118,7 @@ def test_a_row_relayed_twice_is_recorded_once(
     rds: redis.Redis,
     servers: Any,
 ) -> None:
-    outbox_id, order_id = _outbox_row(db)
+    outbox_id, order_id = outbox_row(db)
     asyncio.run(_relay_killed_before_delete(settings, servers.primary.dsn()))
     assert db.execute("SELECT id FROM outbox").fetchall() == [{"id": outbox_id}]
     assert rds.xlen(STREAM) == 1
@@ -126,5 +127,5 @@ def test_a_row_relayed_twice_is_recorded_once(
     entries = rds.xrange(STREAM)
     assert len({entry_id for entry_id, _ in entries}) == 2
     assert {fields[b"outbox_id"] for _, fields in entries} == {str(outbox_id).encode()}
-    assert asyncio.run(_consume(settings)) == 2
-    assert _recorded(db, order_id) == [{"outbox_id": outbox_id}]
+    assert asyncio.run(consume_once(settings)) == 2
+    assert recorded(db, order_id) == [{"outbox_id": outbox_id}]

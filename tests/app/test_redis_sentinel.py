@@ -10,8 +10,10 @@ processes on loopback (tests/app/redis_sentinel_cluster.py renders the role's te
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,11 +28,13 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from zapora.infra.redis import NotReplicatedError
 from zapora.settings import Settings
 
 from . import redis_sentinel_cluster as rsc
 from . import servers as srv
-from .conftest import app_for, login, make_settings, register
+from .conftest import app_for, login, make_settings, register, relay_outbox
+from .test_outbox import consume_once, outbox_row, recorded
 
 FORBIDDEN = [
     ("CONFIG", "GET", "maxmemory"),
@@ -362,3 +366,38 @@ def test_failover_needs_no_restart_of_api_or_worker(
         worker.wait(10)
         if cluster.node(old).proc is not None and cluster.node(old).proc.poll() is not None:
             rsc.rejoin(cluster, old)
+
+
+def test_a_relayed_event_survives_its_primary_killed_right_after(
+    sentinel_settings: Settings,
+    cluster: rsc.Cluster,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    """ZAPORA_REDIS_WAIT_REPLICAS=1: while no replica can take the entry (both frozen) the
+    relay fails and keeps the row; once a relay returns, the entry is on a replica, so the
+    primary SIGKILLed right after it takes nothing with it: the worker on the new primary
+    records the change, once."""
+    outbox_id, order_id = outbox_row(db)
+    old = cluster.primary_port()
+    replicas = [n for n in cluster.nodes if n.port != old and n.proc and n.proc.poll() is None]
+    assert replicas
+    impatient = sentinel_settings.model_copy(update={"redis_wait_timeout_ms": 200})
+    for node in replicas:
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(NotReplicatedError):
+            asyncio.run(relay_outbox(impatient))
+    finally:
+        for node in replicas:
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGCONT)
+    assert db.execute("SELECT id FROM outbox").fetchall() == [{"id": outbox_id}]
+    assert asyncio.run(relay_outbox(sentinel_settings)) == 1
+    cluster.node(old).kill()
+    try:
+        cluster.wait_for_failover(old)
+        assert asyncio.run(consume_once(sentinel_settings)) >= 1
+        assert recorded(db, order_id) == [{"outbox_id": outbox_id}]
+    finally:
+        rsc.rejoin(cluster, old)
