@@ -14,8 +14,10 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
+from zapora.settings import Settings
+
 from . import servers as srv
-from .conftest import Catalog, People
+from .conftest import Catalog, People, app_for
 
 
 def _post_order(client: TestClient, people: People, catalog: Catalog, key: str) -> Any:
@@ -85,30 +87,43 @@ def test_lost_before_commit_is_503_and_the_retry_creates_the_order_once(
 
 
 def test_lost_after_commit_is_503_and_the_retry_returns_the_committed_order(
-    client: TestClient,
+    settings: Settings,
     people: People,
     catalog: Catalog,
+    servers: srv.Servers,
     db: psycopg.Connection[dict[str, Any]],
 ) -> None:
     # A synchronous standby that never connects: the commit is written locally and then
     # waits (SyncRep); terminated there, the client never hears that it committed. (The
-    # test server runs with synchronous_commit off, for speed: on for this test.)
+    # test server runs with synchronous_commit off, for speed: on for this test.) A backend
+    # applies a reload only between commands, so the API here starts after the change, on
+    # connections that read it at their start.
     db.execute("ALTER SYSTEM SET synchronous_standby_names = 'zapora_test_absent_standby'")
     db.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
     db.execute("SELECT pg_reload_conf()")
     try:
-        lost = _terminated_while(
-            db, "SyncRep", lambda: _post_order(client, people, catalog, "lost-late")
-        )
+        srv.wait_until(lambda: _new_session_setting(servers) == "zapora_test_absent_standby")
+        with TestClient(app_for(settings)) as client:
+            lost = _terminated_while(
+                db, "SyncRep", lambda: _post_order(client, people, catalog, "lost-late")
+            )
     finally:
         db.execute("ALTER SYSTEM RESET synchronous_standby_names")
         db.execute("ALTER SYSTEM RESET synchronous_commit")
         db.execute("SELECT pg_reload_conf()")
+        srv.wait_until(lambda: _new_session_setting(servers) == "")
     _assert_unavailable(lost)
     committed = _orders(db)
     assert len(committed) == 1
-    retry = _post_order(client, people, catalog, "lost-late")
+    with TestClient(app_for(settings)) as client:
+        retry = _post_order(client, people, catalog, "lost-late")
     assert retry.status_code == 201, retry.text
     assert retry.json()["id"] == str(committed[0]["id"])
     assert retry.json()["total_minor"] == committed[0]["total_minor"]
     assert len(_orders(db)) == 1
+
+
+def _new_session_setting(servers: srv.Servers) -> str:
+    with psycopg.connect(servers.primary.dsn()) as conn:
+        row = conn.execute("SHOW synchronous_standby_names").fetchone()
+    return str(row[0]) if row else ""

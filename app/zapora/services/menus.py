@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -68,6 +69,12 @@ class MenuService:
         self.local: LocalCache[CachedList] = LocalCache(
             infra.redis, INVALIDATION_CHANNEL, infra.settings.menu_cache_ttl_seconds
         )
+        # While Redis is away: lists this process read, kept menu_outage_cache_seconds, so an
+        # outage does not turn every list request into a PostgreSQL query (the breaker makes
+        # the Redis attempt free; this makes the read cheap). Nothing announces another
+        # process's writes then, so they show here within that time; this process's own
+        # writes drop it at once.
+        self._outage: dict[bytes, tuple[float, CachedList]] = {}
 
     # --- menus ----------------------------------------------------------------------
     async def list_menus(self, page: Page, fresh: bool) -> tuple[list[Row], int]:
@@ -122,10 +129,9 @@ class MenuService:
                 CACHE_KEY, [EPOCH_FIELD, field]
             )
         except UNAVAILABLE as exc:
-            # Redis is away: serve from PostgreSQL, uncached.
+            # Redis is away: serve from PostgreSQL, kept briefly in this process.
             DEGRADED.labels("redis", "menu_item_list").inc()
-            logger.warning("menu-item list served uncached: {}", exc)
-            return await self._read_list(page, flt)
+            return await self._outage_list(field, page, flt, exc)
         epoch_raw, cached = values
         epoch = epoch_raw or b"0"
         if cached is not None:
@@ -147,6 +153,20 @@ class MenuService:
         except UNAVAILABLE as exc:
             DEGRADED.labels("redis", "menu_item_fill").inc()
             logger.warning("menu-item list not cached: {}", exc)
+        return fresh
+
+    async def _outage_list(
+        self, field: bytes, page: Page, flt: ItemFilter, exc: Exception
+    ) -> CachedList:
+        now = time.monotonic()
+        kept = self._outage.get(field)
+        if kept is not None and now - kept[0] < self.infra.settings.menu_outage_cache_seconds:
+            return kept[1]
+        logger.warning("menu-item list served from PostgreSQL: {}", exc)
+        fresh = await self._read_list(page, flt)
+        if len(self._outage) >= 256:
+            self._outage.clear()
+        self._outage[field] = (now, fresh)
         return fresh
 
     async def _read_list(self, page: Page, flt: ItemFilter) -> CachedList:
@@ -235,6 +255,7 @@ class MenuService:
     async def _after_write(self, actor: Actor) -> None:
         """Invalidate at once (best effort); the outbox row guarantees it if Redis is away."""
         self.local.invalidate_locally()
+        self._outage.clear()
         try:
             await self.infra.redis.hincrby(CACHE_KEY, EPOCH_FIELD, 1)
             await self.infra.redis.publish(INVALIDATION_CHANNEL, b"invalidate")
