@@ -1,9 +1,10 @@
 """The Redis circuit breaker (infra/breaker.py) against a real redis-server this test owns:
 stopped, then frozen (SIGSTOP: connections hang, nothing is refused), then back.
 
-While the breaker is open the API serves menu-item lists and orders from PostgreSQL, counts
-the skipped Redis work in zapora_degraded_total, reports Redis failed in readiness
-(503 problem+json), opens once per outage and closes by its own probe when Redis answers.
+While the breaker is open the API serves menu-item lists (kept briefly per process) and
+orders from PostgreSQL, counts the skipped Redis work in zapora_degraded_total, reports
+Redis failed in readiness (503 problem+json), opens once per outage and closes by its own
+probe when Redis answers.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def breaker_settings(servers: srv.Servers, secret_file: Path, own_redis: OwnRedi
         redis_socket_timeout_seconds=1,
         worker_block_ms=500,
         redis_breaker_cooldown_seconds=0.2,
+        menu_outage_cache_seconds=3,
     )
 
 
@@ -75,6 +77,24 @@ def _order(client: TestClient, headers: dict[str, str], item_id: str) -> Any:
     return client.post(
         "/orders", json={"items": [{"menu_item_id": item_id, "quantity": 1}]}, headers=headers
     )
+
+
+def _names(client: TestClient) -> list[str]:
+    return [i["name"] for i in client.get("/menu-items", params={"limit": 50}).json()["items"]]
+
+
+def _outage_copy_is_bounded(
+    client: TestClient, db: psycopg.Connection[dict[str, Any]], staff: dict[str, str], item: str
+) -> None:
+    """Without Redis a process keeps the lists it read for menu_outage_cache_seconds (3 s
+    here): a change made outside this process shows after that, one made through it at once."""
+    assert _names(client) == ["Tea"]
+    db.execute("UPDATE menu_items SET name = 'Green tea' WHERE id = %s", (item,))
+    assert _names(client) == ["Tea"]
+    srv.wait_until(lambda: _names(client) == ["Green tea"], timeout=10)
+    r = client.patch(f"/menu-items/{item}", json={"name": "Tea"}, headers=staff)
+    assert r.status_code == 200, r.text
+    assert _names(client) == ["Tea"]
 
 
 def _wait_closed(client: TestClient, closed_before: float) -> None:
@@ -121,6 +141,8 @@ def test_the_breaker_skips_a_stopped_or_frozen_redis_and_closes_when_it_is_back(
             assert _transitions("open") == opened + 1, fault
             assert _sample("zapora_redis_breaker_open") == 1, fault
             assert _degraded("menu_item_list") >= listed + 10, fault
+            if fault == "stopped":
+                _outage_copy_is_bounded(client, db, staff, item["id"])
             ready = client.get("/health/ready")
             assert ready.status_code == 503, fault
             assert ready.headers["content-type"] == "application/problem+json"

@@ -301,8 +301,8 @@ def test_failover_needs_no_restart_of_api_or_worker(
             cluster.node(old).kill()
             failover = cluster.wait_for_failover(old)
             promoted_at = killed_at + failover
-            # Keep the load on until Redis serves a request again (the retries of one that
-            # started before the promotion may still be backing off), then 3 s more.
+            # Keep the load on until Redis serves a request again (the breaker's probe must
+            # reach the new primary first), then 3 s more.
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not any(
                 t > promoted_at and not problem for t, problem in log
@@ -315,7 +315,7 @@ def test_failover_needs_no_restart_of_api_or_worker(
             after = [(t, problem) for t, problem in log if t >= killed_at]
             failed = [(t, problem) for t, problem in after if problem]
             recovered = (max(t for t, _ in failed) - killed_at) if failed else 0.0
-            # Requests waiting for the new primary (the client's retries) show as a gap.
+            # A request that waited (on retries or timeouts) shows as a gap between answers.
             times = [killed_at] + [t for t, _ in after]
             gap = max(b - a for a, b in itertools.pairwise(times)) if after else 0.0
             summary = (
@@ -333,6 +333,10 @@ def test_failover_needs_no_restart_of_api_or_worker(
             still = [(round(t - killed_at, 1), p) for t, p in after if t > back and p]
             assert not still, f"requests failed after Redis served again: {still}; {summary}"
             assert recovered <= failover + 5, summary
+            # The breaker: no request waited for the promotion (it took 4.3 s; before the
+            # breaker the slowest request waited that long), they were served without Redis.
+            assert gap < 2.5, summary
+            assert REGISTRY.get_sample_value("zapora_redis_breaker_open") == 0, summary
             # The subscriber resubscribed on the new primary: a message there reaches it.
             srv.wait_until(lambda: local._listening)
             generation = local.generation

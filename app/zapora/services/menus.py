@@ -75,6 +75,7 @@ class MenuService:
         # process's writes then, so they show here within that time; this process's own
         # writes drop it at once.
         self._outage: dict[bytes, tuple[float, CachedList]] = {}
+        self._refreshing: set[bytes] = set()
 
     # --- menus ----------------------------------------------------------------------
     async def list_menus(self, page: Page, fresh: bool) -> tuple[list[Row], int]:
@@ -160,13 +161,22 @@ class MenuService:
     ) -> CachedList:
         now = time.monotonic()
         kept = self._outage.get(field)
-        if kept is not None and now - kept[0] < self.infra.settings.menu_outage_cache_seconds:
+        if kept is not None and (
+            now - kept[0] < self.infra.settings.menu_outage_cache_seconds
+            or field in self._refreshing
+        ):
+            # Fresh enough, or another request is reading it now: no stampede of reads.
             return kept[1]
         logger.warning("menu-item list served from PostgreSQL: {}", exc)
-        fresh = await self._read_list(page, flt)
+        self._refreshing.add(field)
+        try:
+            fresh = await self._read_list(page, flt)
+        finally:
+            self._refreshing.discard(field)
         if len(self._outage) >= 256:
             self._outage.clear()
-        self._outage[field] = (now, fresh)
+        if self.infra.settings.menu_outage_cache_seconds:
+            self._outage[field] = (now, fresh)
         return fresh
 
     async def _read_list(self, page: Page, flt: ItemFilter) -> CachedList:
