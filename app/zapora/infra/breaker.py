@@ -60,12 +60,18 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
+    def skip(self) -> bool:
+        """True while open (except in the probe), keeping a probe running: for callers that
+        can tell without the cost of a command that raises."""
+        if self.opened_at is None or _probing.get():
+            return False
+        self._ensure_probe()
+        return True
+
     def check(self) -> None:
         """Raise CircuitOpenError while open (except in the probe); keep a probe running."""
-        if self.opened_at is None or _probing.get():
-            return
-        self._ensure_probe()
-        raise CircuitOpenError(f"Redis is unavailable (circuit open: {self.last_error})")
+        if self.skip():
+            raise CircuitOpenError(f"Redis is unavailable (circuit open: {self.last_error})")
 
     def trip(self, error: BaseException) -> None:
         if _probing.get() or self.opened_at is not None:

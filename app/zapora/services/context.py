@@ -74,6 +74,12 @@ class Infra:
         await self.db.close()
         await self.redis.aclose()
 
+    def redis_skipped(self) -> bool:
+        """Redis's circuit breaker is open: a caller that can do without Redis skips it here,
+        without a command that would only raise."""
+        breaker = self.redis.breaker
+        return breaker is not None and breaker.skip()
+
     async def mark_fresh(self, user_id: object) -> None:
         """Remember that this client just wrote, so its next reads go to the primary."""
         if self.db.replica is None:
@@ -93,6 +99,9 @@ class Infra:
         limit is not enforced (the edge still limits per address)."""
         limit = self.settings.user_write_limit_per_minute
         if not limit:
+            return 0
+        if self.redis_skipped():
+            DEGRADED.labels("redis", "write_rate_limit").inc()
             return 0
         now = int(time.time())
         key = f"rl:w:{user_id}:{now // 60}"

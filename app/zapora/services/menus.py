@@ -124,6 +124,9 @@ class MenuService:
         field = json.dumps(
             [page.limit, page.offset, str(flt.menu_id), flt.available, flt.q]
         ).encode()
+        if self.infra.redis_skipped():
+            DEGRADED.labels("redis", "menu_item_list").inc()
+            return await self._outage_list(field, page, flt, "circuit open")
         # One round trip: the epoch lives in the same hash as the cached lists.
         try:
             values: list[bytes | None] = await self.infra.redis.hmget(  # type: ignore[assignment]
@@ -157,7 +160,7 @@ class MenuService:
         return fresh
 
     async def _outage_list(
-        self, field: bytes, page: Page, flt: ItemFilter, exc: Exception
+        self, field: bytes, page: Page, flt: ItemFilter, why: object
     ) -> CachedList:
         now = time.monotonic()
         kept = self._outage.get(field)
@@ -167,7 +170,7 @@ class MenuService:
         ):
             # Fresh enough, or another request is reading it now: no stampede of reads.
             return kept[1]
-        logger.warning("menu-item list served from PostgreSQL: {}", exc)
+        logger.warning("menu-item list served from PostgreSQL, Redis: {}", why)
         self._refreshing.add(field)
         try:
             fresh = await self._read_list(page, flt)
