@@ -168,9 +168,10 @@ class Database:
         return await pool.getconn(timeout)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Conn]:
-        """A transaction on the primary."""
-        async with self._on(self.primary) as conn, conn.transaction():
+    async def transaction(self, deadline: float | None = None) -> AsyncIterator[Conn]:
+        """A transaction on the primary; `deadline` replaces the request deadline (for a
+        long maintenance statement, which sets its own statement_timeout)."""
+        async with self._on(self.primary, deadline) as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
@@ -235,9 +236,11 @@ class Database:
             return await work(conn)
 
     @asynccontextmanager
-    async def _on(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    async def _on(
+        self, pool: AsyncConnectionPool[Conn], deadline: float | None = None
+    ) -> AsyncIterator[Conn]:
         conn = await self._getconn(pool)
-        timer = self._watch(conn)
+        timer = self._watch(conn, deadline)
         try:
             yield conn
         except psycopg.OperationalError as exc:
@@ -248,10 +251,11 @@ class Database:
                 timer.cancel()
             await pool.putconn(conn)
 
-    def _watch(self, conn: Conn) -> asyncio.TimerHandle | None:
-        if not self.deadline:
+    def _watch(self, conn: Conn, deadline: float | None = None) -> asyncio.TimerHandle | None:
+        seconds = self.deadline if deadline is None else deadline
+        if not seconds:
             return None
-        return asyncio.get_running_loop().call_later(self.deadline, _sever, conn, self.deadline)
+        return asyncio.get_running_loop().call_later(seconds, _sever, conn, seconds)
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:

@@ -21,6 +21,7 @@ from zapora.services.context import Infra
 from zapora.services.outbox import OutboxRelay
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+PURGE_DEADLINE_SECONDS = 300.0
 
 
 class OrderEventConsumer:
@@ -132,7 +133,11 @@ class OrderEventConsumer:
         return handled
 
     async def purge_idempotency_keys(self) -> int:
-        async with self.infra.db.transaction() as conn:
+        # A day of keys may take longer than a request's statement timeout to delete.
+        async with self.infra.db.transaction(deadline=PURGE_DEADLINE_SECONDS) as conn:
+            await execute(
+                conn, f"SET LOCAL statement_timeout = {int(PURGE_DEADLINE_SECONDS - 10)}000"
+            )
             purged = await orders_repo.purge_idempotency_keys(
                 conn, self.infra.settings.idempotency_key_ttl_hours
             )
