@@ -61,6 +61,13 @@ def test_the_conninfo_carries_keepalives_and_timeouts(
     with psycopg.connect(infra.db.primary.conninfo) as conn:
         row = conn.execute("SHOW statement_timeout").fetchone()
     assert row is not None and row[0] == "1234ms"
+    # What the operator's string sets wins; its other options are kept.
+    own = servers.primary.dsn() + "?keepalives_idle=30&options=-c%20statement_timeout%3D777"
+    mine = Infra.from_settings(make_settings(servers, secret_file, database_url=own))
+    conninfo = psycopg.conninfo.conninfo_to_dict(mine.db.primary.conninfo)
+    assert conninfo["keepalives_idle"] == "30"
+    assert conninfo["options"] == "-c statement_timeout=777"
+    assert conninfo["keepalives_count"] == str(settings.db_keepalives_count)
 
 
 def test_a_frozen_database_is_a_quick_503_and_recovers_after(
