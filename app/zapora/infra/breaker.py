@@ -91,6 +91,12 @@ class CircuitBreaker:
         REDIS_BREAKER_OPEN.set(0)
         REDIS_BREAKER_TRANSITIONS.labels("closed").inc()
 
+    def stop(self) -> None:
+        """Cancel the probe (the client is closing); the next trip starts another."""
+        if self._probe_task is not None and not self._probe_task.done():
+            self._probe_task.cancel()
+        self._probe_task = None
+
     def _ensure_probe(self) -> None:
         # One probe per breaker; a new one when the last one's event loop went away (a test
         # client's loop, a CLI command's asyncio.run).

@@ -72,6 +72,8 @@ class Infra:
 
     async def close(self) -> None:
         await self.db.close()
+        if self.redis.breaker is not None:
+            self.redis.breaker.stop()
         await self.redis.aclose()
 
     def redis_skipped(self) -> bool:
