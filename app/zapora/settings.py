@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     redis_socket_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     # Attempts after a dropped connection (a fresh connection, asking Sentinel afresh); a
-    # second failed attempt opens the circuit breaker and ends the command, so 0 or 1.
-    redis_retries: int = Field(default=1, ge=0, le=1)
+    # second failed attempt opens the circuit breaker and ends the command, so a value above
+    # 1 acts as 1 (accepted: releases before the breaker documented 10).
+    redis_retries: int = Field(default=1, ge=0)
     # While the breaker is open, requests skip Redis and one probe PINGs it this often; the
     # first answer closes the breaker.
     redis_breaker_cooldown_seconds: float = Field(default=1.0, gt=0)
