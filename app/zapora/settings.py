@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     # A request waits this long for a database connection, then gets 503 + Retry-After.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A peer that vanished or froze: TCP keepalives probe an idle connection after
+    # keepalives_idle s, every keepalives_interval s, keepalives_count times; data unacknowledged
+    # for db_tcp_user_timeout_ms ends the connection. Added to both URLs unless they set them.
+    db_keepalives_idle_seconds: int = Field(default=5, ge=1)
+    db_keepalives_interval_seconds: int = Field(default=2, ge=1)
+    db_keepalives_count: int = Field(default=3, ge=1)
+    db_tcp_user_timeout_ms: int = Field(default=9000, ge=0)
+    # The server cancels a statement after this long (0: no limit). A request that holds a
+    # connection longer than db_request_deadline_seconds (the server could not act: frozen,
+    # cut off) has the connection closed under it and is answered 503.
+    db_statement_timeout_ms: int = Field(default=5000, ge=0)
+    db_request_deadline_seconds: float = Field(default=8.0, ge=0)
     # A lag-tolerant read waits this long for a replica connection before using the primary;
     # after a replica failure reads stay on the primary this long.
     replica_wait_seconds: float = Field(default=0.5, gt=0)
@@ -68,8 +80,13 @@ class Settings(BaseSettings):
     redis_wait_timeout_ms: int = Field(default=500, ge=1)
     redis_socket_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    # Attempts after a dropped connection (with backoff, each one asking Sentinel afresh).
-    redis_retries: int = Field(default=10, ge=0)
+    # Attempts after a dropped connection (a fresh connection, asking Sentinel afresh); a
+    # second failed attempt opens the circuit breaker and ends the command, so a value above
+    # 1 acts as 1 (accepted: releases before the breaker documented 10).
+    redis_retries: int = Field(default=1, ge=0)
+    # While the breaker is open, requests skip Redis and one probe PINGs it this often; the
+    # first answer closes the breaker.
+    redis_breaker_cooldown_seconds: float = Field(default=1.0, gt=0)
 
     jwt_secret_file: Path | None = None
     jwt_issuer: str = "zapora"
@@ -89,6 +106,9 @@ class Settings(BaseSettings):
     # Writes (POST/PATCH/DELETE) per signed-in user per minute; 0 turns the limit off.
     user_write_limit_per_minute: int = Field(default=120, ge=0)
     menu_cache_ttl_seconds: int = 300
+    # While Redis is away each process keeps the menu-item lists it read this long (0: not
+    # at all): another process's menu change shows within it.
+    menu_outage_cache_seconds: float = Field(default=1.0, ge=0)
     max_body_bytes: int = 64 * 1024
     trusted_proxy_hops: int = 0
 
@@ -147,6 +167,12 @@ class Settings(BaseSettings):
         self.jwt_secret = SecretStr(text)
         if self.redis_password_file is not None:
             self.redis_password = SecretStr(self.redis_password_file.read_text().strip())
+        if self.db_request_deadline_seconds and (
+            self.db_request_deadline_seconds * 1000 <= self.db_statement_timeout_ms
+        ):
+            raise ValueError(
+                "ZAPORA_DB_REQUEST_DEADLINE_SECONDS must exceed ZAPORA_DB_STATEMENT_TIMEOUT_MS"
+            )
         if self.redis_socket_timeout_seconds * 1000 <= self.worker_block_ms:
             raise ValueError(
                 "ZAPORA_REDIS_SOCKET_TIMEOUT_SECONDS must exceed ZAPORA_WORKER_BLOCK_MS"

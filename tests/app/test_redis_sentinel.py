@@ -10,8 +10,10 @@ processes on loopback (tests/app/redis_sentinel_cluster.py renders the role's te
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -26,11 +28,13 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from zapora.infra.redis import NotReplicatedError
 from zapora.settings import Settings
 
 from . import redis_sentinel_cluster as rsc
 from . import servers as srv
-from .conftest import app_for, login, make_settings, register
+from .conftest import app_for, login, make_settings, register, relay_outbox
+from .test_outbox import consume_once, outbox_row, recorded
 
 FORBIDDEN = [
     ("CONFIG", "GET", "maxmemory"),
@@ -297,8 +301,8 @@ def test_failover_needs_no_restart_of_api_or_worker(
             cluster.node(old).kill()
             failover = cluster.wait_for_failover(old)
             promoted_at = killed_at + failover
-            # Keep the load on until Redis serves a request again (the retries of one that
-            # started before the promotion may still be backing off), then 3 s more.
+            # Keep the load on until Redis serves a request again (the breaker's probe must
+            # reach the new primary first), then 3 s more.
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not any(
                 t > promoted_at and not problem for t, problem in log
@@ -311,7 +315,7 @@ def test_failover_needs_no_restart_of_api_or_worker(
             after = [(t, problem) for t, problem in log if t >= killed_at]
             failed = [(t, problem) for t, problem in after if problem]
             recovered = (max(t for t, _ in failed) - killed_at) if failed else 0.0
-            # Requests waiting for the new primary (the client's retries) show as a gap.
+            # A request that waited (on retries or timeouts) shows as a gap between answers.
             times = [killed_at] + [t for t, _ in after]
             gap = max(b - a for a, b in itertools.pairwise(times)) if after else 0.0
             summary = (
@@ -329,6 +333,10 @@ def test_failover_needs_no_restart_of_api_or_worker(
             still = [(round(t - killed_at, 1), p) for t, p in after if t > back and p]
             assert not still, f"requests failed after Redis served again: {still}; {summary}"
             assert recovered <= failover + 5, summary
+            # The breaker: no request waited for the promotion (it took 4.3 s; before the
+            # breaker the slowest request waited that long), they were served without Redis.
+            assert gap < 2.5, summary
+            assert REGISTRY.get_sample_value("zapora_redis_breaker_open") == 0, summary
             # The subscriber resubscribed on the new primary: a message there reaches it.
             srv.wait_until(lambda: local._listening)
             generation = local.generation
@@ -362,3 +370,38 @@ def test_failover_needs_no_restart_of_api_or_worker(
         worker.wait(10)
         if cluster.node(old).proc is not None and cluster.node(old).proc.poll() is not None:
             rsc.rejoin(cluster, old)
+
+
+def test_a_relayed_event_survives_its_primary_killed_right_after(
+    sentinel_settings: Settings,
+    cluster: rsc.Cluster,
+    db: psycopg.Connection[dict[str, Any]],
+) -> None:
+    """ZAPORA_REDIS_WAIT_REPLICAS=1: while no replica can take the entry (both frozen) the
+    relay fails and keeps the row; once a relay returns, the entry is on a replica, so the
+    primary SIGKILLed right after it takes nothing with it: the worker on the new primary
+    records the change, once."""
+    outbox_id, order_id = outbox_row(db)
+    old = cluster.primary_port()
+    replicas = [n for n in cluster.nodes if n.port != old and n.proc and n.proc.poll() is None]
+    assert replicas
+    impatient = sentinel_settings.model_copy(update={"redis_wait_timeout_ms": 200})
+    for node in replicas:
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(NotReplicatedError):
+            asyncio.run(relay_outbox(impatient))
+    finally:
+        for node in replicas:
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGCONT)
+    assert db.execute("SELECT id FROM outbox").fetchall() == [{"id": outbox_id}]
+    assert asyncio.run(relay_outbox(sentinel_settings)) == 1
+    cluster.node(old).kill()
+    try:
+        cluster.wait_for_failover(old)
+        assert asyncio.run(consume_once(sentinel_settings)) >= 1
+        assert recorded(db, order_id) == [{"outbox_id": outbox_id}]
+    finally:
+        rsc.rejoin(cluster, old)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import select
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +16,7 @@ import psycopg
 from loguru import logger
 from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -23,6 +27,48 @@ Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
 Params = Sequence[Any] | dict[str, Any]
 T = TypeVar("T")
+
+
+def client_conninfo(
+    dsn: str,
+    *,
+    keepalives_idle: int,
+    keepalives_interval: int,
+    keepalives_count: int,
+    tcp_user_timeout_ms: int,
+    statement_timeout_ms: int,
+) -> str:
+    """The API's conninfo: TCP keepalives and tcp_user_timeout, so a peer that vanished or
+    froze is given up after seconds instead of the kernel's minutes, and a statement_timeout
+    (sent as a startup option: no round trip). What the operator's string sets wins."""
+    given = conninfo_to_dict(dsn)
+    extra: dict[str, str | int] = {
+        key: value
+        for key, value in (
+            ("keepalives", 1),
+            ("keepalives_idle", keepalives_idle),
+            ("keepalives_interval", keepalives_interval),
+            ("keepalives_count", keepalives_count),
+            ("tcp_user_timeout", tcp_user_timeout_ms),
+        )
+        if key not in given
+    }
+    options = str(given.get("options") or "")
+    if statement_timeout_ms and "statement_timeout" not in options:
+        extra["options"] = f"{options} -c statement_timeout={statement_timeout_ms}".strip()
+    return make_conninfo(dsn, **extra)
+
+
+def _sever(conn: Conn, deadline: float) -> None:
+    """Shut the connection's socket down under a request that outlived its deadline: the
+    server did not answer (frozen, partitioned: its own statement_timeout could not act).
+    The waiting query then fails at once as a lost connection (503) instead of hanging;
+    cancelling the task instead would make psycopg wait on the frozen server again."""
+    if conn.closed:
+        return
+    logger.warning("no answer from PostgreSQL within {} s: closing the connection", deadline)
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _still_open(conn: Conn) -> bool:
@@ -61,11 +107,14 @@ class Database:
         replica_wait_seconds: float = 0.5,
         replica_retry_seconds: float = 5.0,
         timeout: float = 5.0,
+        deadline: float = 0.0,
     ) -> None:
         self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout)
         self.replica = (
             _pool(replica_dsn, min_size, max_size, "replica", timeout) if replica_dsn else None
         )
+        # Longest a connection stays checked out before it is severed (0: no limit).
+        self.deadline = deadline
         self.replica_wait_seconds = replica_wait_seconds
         self.replica_retry_seconds = replica_retry_seconds
         # While the replica is failing, reads go to the primary until this moment.
@@ -119,9 +168,10 @@ class Database:
         return await pool.getconn(timeout)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Conn]:
-        """A transaction on the primary."""
-        async with self._on(self.primary) as conn, conn.transaction():
+    async def transaction(self, deadline: float | None = None) -> AsyncIterator[Conn]:
+        """A transaction on the primary; `deadline` replaces the request deadline (for a
+        long maintenance statement, which sets its own statement_timeout)."""
+        async with self._on(self.primary, deadline) as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
@@ -150,6 +200,7 @@ class Database:
             async with self._on(self.primary) as conn:
                 yield conn
             return
+        timer = self._watch(conn)
         try:
             yield conn
         except psycopg.OperationalError as exc:
@@ -157,6 +208,8 @@ class Database:
             self._suspect(replica, exc)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             await replica.putconn(conn)
 
     async def read(self, work: Callable[[Conn], Awaitable[T]], *, fresh: bool = False) -> T:
@@ -183,15 +236,26 @@ class Database:
             return await work(conn)
 
     @asynccontextmanager
-    async def _on(self, pool: AsyncConnectionPool[Conn]) -> AsyncIterator[Conn]:
+    async def _on(
+        self, pool: AsyncConnectionPool[Conn], deadline: float | None = None
+    ) -> AsyncIterator[Conn]:
         conn = await self._getconn(pool)
+        timer = self._watch(conn, deadline)
         try:
             yield conn
         except psycopg.OperationalError as exc:
             self._suspect(pool, exc)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             await pool.putconn(conn)
+
+    def _watch(self, conn: Conn, deadline: float | None = None) -> asyncio.TimerHandle | None:
+        seconds = self.deadline if deadline is None else deadline
+        if not seconds:
+            return None
+        return asyncio.get_running_loop().call_later(seconds, _sever, conn, seconds)
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:

@@ -9,6 +9,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -45,6 +46,17 @@ DEGRADED = Counter(
     "zapora_degraded_total",
     "Requests served without a dependency (Redis, replica), by what was skipped",
     ["dependency", "operation"],
+)
+# Per process (each has its own breaker); "livemax": 1 while any live process skips Redis.
+REDIS_BREAKER_OPEN = Gauge(
+    "zapora_redis_breaker_open",
+    "1 while the Redis circuit breaker is open (commands skip Redis), else 0",
+    multiprocess_mode="livemax",
+)
+REDIS_BREAKER_TRANSITIONS = Counter(
+    "zapora_redis_breaker_transitions_total",
+    "Redis circuit breaker state changes, by the state entered",
+    ["to"],
 )
 
 

@@ -14,12 +14,11 @@ from typing import Any, cast
 
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from zapora.infra.breaker import BreakerRetry, CircuitBreaker
 from zapora.infra.tracing import tracer
 from zapora.settings import Settings
 
@@ -32,6 +31,7 @@ class TracedRedis(Redis):
     # WAIT after XADD: replicas that must have the entry, and how long to wait for them.
     wait_replicas: int = 0
     wait_timeout_ms: int = 0
+    breaker: CircuitBreaker | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         name = str(args[0]) if args else "?"
@@ -77,15 +77,15 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
         "socket_timeout": settings.redis_socket_timeout_seconds,
         "socket_connect_timeout": settings.redis_connect_timeout_seconds,
     }
-    # Retried on a refused or dropped connection: each attempt reconnects and (with Sentinel)
-    # asks for the primary again, so a command sent during a failover waits for the promotion
-    # (10 attempts back off 0.1, 0.2, 0.4, 0.8, then 1 s: 7.5 s in all). A timeout is not
+    # A dropped connection is retried once at once on a fresh one (a pooled connection the
+    # server closed, or one to a demoted primary: with Sentinel the reconnect asks for the
+    # current primary). When that fails too, or a command times out, the breaker opens and
+    # commands skip Redis until its probe gets an answer (infra/breaker.py). A timeout is not
     # retried: the command may be running, and the caller should not wait twice.
-    retry = Retry(
-        ExponentialBackoff(cap=1.0, base=0.1),
-        settings.redis_retries,
-        supported_errors=(RedisConnectionError,),
+    breaker = CircuitBreaker(
+        settings.redis_breaker_cooldown_seconds, settings.redis_connect_timeout_seconds
     )
+    retry = BreakerRetry(ExponentialBackoff(cap=1.0, base=0.1), settings.redis_retries, breaker)
     client: TracedRedis
     if settings.redis_sentinels:
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -115,6 +115,8 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
                 **common,
             ),
         )
+    breaker.probe = client.ping
+    client.breaker = breaker
     client.wait_replicas = settings.redis_wait_replicas
     client.wait_timeout_ms = settings.redis_wait_timeout_ms
     return client

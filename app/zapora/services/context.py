@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
-from zapora.infra.db import Database
+from zapora.infra.db import Database, client_conninfo
 from zapora.infra.errors import UNAVAILABLE
 from zapora.infra.metrics import DEGRADED
 from zapora.infra.redis import TracedRedis, redis_from_settings
@@ -34,16 +34,28 @@ class Infra:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Infra:
+        def conninfo(dsn: str) -> str:
+            return client_conninfo(
+                dsn,
+                keepalives_idle=settings.db_keepalives_idle_seconds,
+                keepalives_interval=settings.db_keepalives_interval_seconds,
+                keepalives_count=settings.db_keepalives_count,
+                tcp_user_timeout_ms=settings.db_tcp_user_timeout_ms,
+                statement_timeout_ms=settings.db_statement_timeout_ms,
+            )
+
+        replica = settings.replica_database_url
         return cls(
             settings=settings,
             db=Database(
-                settings.database_url,
-                settings.replica_database_url,
+                conninfo(settings.database_url),
+                conninfo(replica) if replica else None,
                 settings.db_pool_min,
                 settings.db_pool_max,
                 replica_wait_seconds=settings.replica_wait_seconds,
                 replica_retry_seconds=settings.replica_retry_seconds,
                 timeout=settings.db_pool_timeout_seconds,
+                deadline=settings.db_request_deadline_seconds,
             ),
             redis=redis_from_settings(settings),
             tokens=TokenCodec(
@@ -60,7 +72,15 @@ class Infra:
 
     async def close(self) -> None:
         await self.db.close()
+        if self.redis.breaker is not None:
+            self.redis.breaker.stop()
         await self.redis.aclose()
+
+    def redis_skipped(self) -> bool:
+        """Redis's circuit breaker is open: a caller that can do without Redis skips it here,
+        without a command that would only raise."""
+        breaker = self.redis.breaker
+        return breaker is not None and breaker.skip()
 
     async def mark_fresh(self, user_id: object) -> None:
         """Remember that this client just wrote, so its next reads go to the primary."""
@@ -81,6 +101,9 @@ class Infra:
         limit is not enforced (the edge still limits per address)."""
         limit = self.settings.user_write_limit_per_minute
         if not limit:
+            return 0
+        if self.redis_skipped():
+            DEGRADED.labels("redis", "write_rate_limit").inc()
             return 0
         now = int(time.time())
         key = f"rl:w:{user_id}:{now // 60}"

@@ -21,6 +21,7 @@ from zapora.services.context import Infra
 from zapora.services.outbox import OutboxRelay
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+PURGE_DEADLINE_SECONDS = 300.0
 
 
 class OrderEventConsumer:
@@ -45,17 +46,21 @@ class OrderEventConsumer:
 
     async def process(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         data = {k.decode(): v.decode() for k, v in fields.items()}
-        # The stream id is the primary key: a redelivered entry is recorded once.
+        # Recorded once per change: a redelivered entry repeats its stream id (the primary
+        # key), an outbox row relayed twice (the relay died before deleting it, or its XADD
+        # missed the replicas' deadline) repeats its outbox id (unique, migration 0004).
+        outbox_id = data.get("outbox_id")
         async with self.infra.db.transaction() as conn:
             await execute(
                 conn,
-                "INSERT INTO order_events (stream_id, order_id, status, occurred_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (stream_id) DO NOTHING",
+                "INSERT INTO order_events (stream_id, order_id, status, occurred_at, outbox_id)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (
                     entry_id.decode(),
                     data["order_id"],
                     data["status"],
                     datetime.fromisoformat(data["occurred_at"]),
+                    int(outbox_id) if outbox_id else None,
                 ),
             )
         await self.infra.redis.xack(self.stream, self.group, entry_id)
@@ -128,7 +133,11 @@ class OrderEventConsumer:
         return handled
 
     async def purge_idempotency_keys(self) -> int:
-        async with self.infra.db.transaction() as conn:
+        # A day of keys may take longer than a request's statement timeout to delete.
+        async with self.infra.db.transaction(deadline=PURGE_DEADLINE_SECONDS) as conn:
+            await execute(
+                conn, f"SET LOCAL statement_timeout = {int(PURGE_DEADLINE_SECONDS - 10)}000"
+            )
             purged = await orders_repo.purge_idempotency_keys(
                 conn, self.infra.settings.idempotency_key_ttl_hours
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -68,6 +69,13 @@ class MenuService:
         self.local: LocalCache[CachedList] = LocalCache(
             infra.redis, INVALIDATION_CHANNEL, infra.settings.menu_cache_ttl_seconds
         )
+        # While Redis is away: lists this process read, kept menu_outage_cache_seconds, so an
+        # outage does not turn every list request into a PostgreSQL query (the breaker makes
+        # the Redis attempt free; this makes the read cheap). Nothing announces another
+        # process's writes then, so they show here within that time; this process's own
+        # writes drop it at once.
+        self._outage: dict[bytes, tuple[float, CachedList]] = {}
+        self._refreshing: set[bytes] = set()
 
     # --- menus ----------------------------------------------------------------------
     async def list_menus(self, page: Page, fresh: bool) -> tuple[list[Row], int]:
@@ -116,16 +124,18 @@ class MenuService:
         field = json.dumps(
             [page.limit, page.offset, str(flt.menu_id), flt.available, flt.q]
         ).encode()
+        if self.infra.redis_skipped():
+            DEGRADED.labels("redis", "menu_item_list").inc()
+            return await self._outage_list(field, page, flt, "circuit open")
         # One round trip: the epoch lives in the same hash as the cached lists.
         try:
             values: list[bytes | None] = await self.infra.redis.hmget(  # type: ignore[assignment]
                 CACHE_KEY, [EPOCH_FIELD, field]
             )
         except UNAVAILABLE as exc:
-            # Redis is away: serve from PostgreSQL, uncached.
+            # Redis is away: serve from PostgreSQL, kept briefly in this process.
             DEGRADED.labels("redis", "menu_item_list").inc()
-            logger.warning("menu-item list served uncached: {}", exc)
-            return await self._read_list(page, flt)
+            return await self._outage_list(field, page, flt, exc)
         epoch_raw, cached = values
         epoch = epoch_raw or b"0"
         if cached is not None:
@@ -147,6 +157,29 @@ class MenuService:
         except UNAVAILABLE as exc:
             DEGRADED.labels("redis", "menu_item_fill").inc()
             logger.warning("menu-item list not cached: {}", exc)
+        return fresh
+
+    async def _outage_list(
+        self, field: bytes, page: Page, flt: ItemFilter, why: object
+    ) -> CachedList:
+        now = time.monotonic()
+        kept = self._outage.get(field)
+        if kept is not None and (
+            now - kept[0] < self.infra.settings.menu_outage_cache_seconds
+            or field in self._refreshing
+        ):
+            # Fresh enough, or another request is reading it now: no stampede of reads.
+            return kept[1]
+        logger.warning("menu-item list served from PostgreSQL, Redis: {}", why)
+        self._refreshing.add(field)
+        try:
+            fresh = await self._read_list(page, flt)
+        finally:
+            self._refreshing.discard(field)
+        if len(self._outage) >= 256:
+            self._outage.clear()
+        if self.infra.settings.menu_outage_cache_seconds:
+            self._outage[field] = (now, fresh)
         return fresh
 
     async def _read_list(self, page: Page, flt: ItemFilter) -> CachedList:
@@ -235,6 +268,7 @@ class MenuService:
     async def _after_write(self, actor: Actor) -> None:
         """Invalidate at once (best effort); the outbox row guarantees it if Redis is away."""
         self.local.invalidate_locally()
+        self._outage.clear()
         try:
             await self.infra.redis.hincrby(CACHE_KEY, EPOCH_FIELD, 1)
             await self.infra.redis.publish(INVALIDATION_CHANNEL, b"invalidate")
