@@ -49,8 +49,10 @@ def _vault(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _run(tmp_path: Path, inventory: Path, extra: dict[str, object]) -> str:
-    password = inventory / "vault-password.example"
+def _run(
+    tmp_path: Path, inventory: Path, extra: dict[str, object], password: Path | None = None
+) -> str:
+    password = password or inventory / "vault-password.example"
     result = run_playbook(
         tmp_path,
         PLAYBOOK,
@@ -65,12 +67,16 @@ def _run(tmp_path: Path, inventory: Path, extra: dict[str, object]) -> str:
 def test_example_vault_decrypts_with_the_documented_password_and_holds_placeholders(
     inventory: str,
 ) -> None:
-    # The documented command (docs/operator-guide.md, "Secrets").
+    # The documented command (docs/operator-guide.md, "Secrets"), word for word.
+    guide = (REPO / "docs/operator-guide.md").read_text()
     path = f"inventory/{inventory}/group_vars/all/vault.yml"
     assert (REPO / path).read_text().startswith("$ANSIBLE_VAULT;1.1;AES256\n")
-    view = _vault(
-        "view", "--vault-password-file", f"inventory/{inventory}/vault-password.example", path
+    command = (
+        f"ansible-vault view --vault-password-file inventory/{inventory}/vault-password.example "
+        f"{path}"
     )
+    assert command.replace(inventory, "example") in guide.splitlines()
+    view = _vault(*command.split()[1:])
     assert view.returncode == 0, view.stderr
     values = yaml.safe_load(view.stdout)
     assert values, "the example vault is empty"
@@ -116,17 +122,46 @@ def test_unencrypted_vault_file_is_refused_naming_the_file(tmp_path: Path) -> No
     assert f"{vault} not encrypted" in out, out
 
 
-def test_documented_encrypt_command_makes_a_file_the_preflight_accepts(tmp_path: Path) -> None:
-    # The README's way to start a vault: copy the example's values, replace them, then
-    # ansible-vault encrypt --vault-password-file <file> inventory/<yours>/group_vars/all/vault.yml
+def test_lab_is_exempt_from_the_vault_file_rule_not_from_the_length(tmp_path: Path) -> None:
+    # The lab's secrets are generated files under .lab/secrets, outside the repository: it
+    # has no Vault file to encrypt, and its placeholders-free values are 24+ characters.
     inventory = tmp_path / "inventory"
     shutil.copytree(REPO / "inventory/example", inventory)
     vault = inventory / "group_vars/all/vault.yml"
     password = inventory / "vault-password.example"
     assert _vault("decrypt", "--vault-password-file", str(password), str(vault)).returncode == 0
+    out = _run(tmp_path, inventory, {"zapora_environment": "lab"})
+    assert "rc=0" in out, out
+    short = _run(tmp_path, inventory, {"zapora_environment": "lab", "vault_app_jwt_secret": "x"})
+    assert "rc=2" in short and "app_jwt_secret must be set" in short, short
+
+
+def _documented_vault_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    return [line for line in text.splitlines() if line.startswith("ansible-vault ")]
+
+
+def test_documented_start_of_a_vault_makes_one_the_preflight_accepts(tmp_path: Path) -> None:
+    # The README's commands, word for word, with inventory/prod a copy of the example under
+    # tmp_path and ~ (where the operator's own password file lives) tmp_path itself.
+    commands = _documented_vault_commands()
+    assert [c.split()[1] for c in commands] == ["decrypt", "encrypt"], commands
+    prod = tmp_path / "inventory/prod"
+    shutil.copytree(REPO / "inventory/example", prod)
+    own_password = tmp_path / ".zapora-prod-vault"
+    own_password.write_text("q7Jw2LpX9vRt4Nz8Kc3Hd6Fm1Ys5Gb0\n")
+    vault = prod / "group_vars/all/vault.yml"
+
+    def run(command: str) -> None:
+        words = command.replace("~/", f"{tmp_path}/").replace("inventory/prod", str(prod))
+        result = _vault(*words.split()[1:])
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+
+    run(commands[0])
+    assert "CHANGE-ME" in vault.read_text()
     vault.write_text(yaml.safe_dump(REAL))
-    encrypt = _vault("encrypt", "--vault-password-file", str(password), str(vault))
-    assert encrypt.returncode == 0, encrypt.stderr
+    (prod / "vault-password.example").unlink()
+    run(commands[1])
     assert vault.read_text().startswith("$ANSIBLE_VAULT;")
-    out = _run(tmp_path, inventory, {})
+    out = _run(tmp_path, prod, {}, password=own_password)
     assert "rc=0" in out, out
