@@ -165,3 +165,26 @@ def test_documented_start_of_a_vault_makes_one_the_preflight_accepts(tmp_path: P
     assert vault.read_text().startswith("$ANSIBLE_VAULT;")
     out = _run(tmp_path, prod, {}, password=own_password)
     assert "rc=0" in out, out
+
+
+WIRED = {
+    "common": set(),
+    "postgresql": {"postgresql_superuser_password", "postgresql_replication_password"},
+    "redis": {"redis_admin_password", "redis_zapora_password", "redis_backup_password"},
+    "observability_stacks": {"observability_stacks_elastic_password"},
+    "app": {"app_jwt_secret", "app_postgres_app_password", "app_redis_password"},
+}
+
+
+@pytest.mark.parametrize("role", sorted(WIRED))
+def test_role_preflight_imports_the_shared_check_with_its_secrets(role: str) -> None:
+    # The shared check is the one place the rules live: a role that drops the import, or a
+    # secret from it, would go back to checking nothing (or its own rules) unnoticed.
+    tasks = yaml.safe_load((REPO / f"roles/{role}/tasks/preflight.yml").read_text())
+    imports = [
+        t for t in tasks if t.get("ansible.builtin.import_role", {}).get("name") == "secrets"
+    ]
+    assert len(imports) == 1, f"{role}'s preflight imports roles/secrets {len(imports)} times"
+    names = imports[0]["vars"]["secrets_check"]
+    checked = set(names) if isinstance(names, list) else set(re.findall(r"'(\w+)'", names))
+    assert WIRED[role] <= checked, f"{role} does not check {sorted(WIRED[role] - checked)}"
