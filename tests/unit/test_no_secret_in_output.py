@@ -17,7 +17,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+
+from tests.unit.local_playbook import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -181,3 +184,113 @@ def test_the_scan_finds_a_template_secret_and_every_exception_still_exists() -> 
         for t in _tasks(p)
     }
     assert not set(EXCEPTIONS) - names, f"stale exceptions: {set(EXCEPTIONS) - names}"
+
+
+CANARY = "Canary-7f3e9c-never-printed"
+
+
+def _role_task(role: str, tasks_file: str, name: str, dest: Path) -> dict[str, object]:
+    """The role's task `name` as written (no_log included), its template read from the
+    role and written to `dest` instead of the host's path: the owner, group, handler,
+    condition and validate step only matter on a converged host."""
+    path = REPO / "roles" / role / "tasks" / tasks_file
+    task = next(t for t in _tasks(path) if t.get("name") == name)
+    module = _module(task)
+    assert module is not None and isinstance(module[1], dict)
+    key = next(k for k in task if k.rsplit(".", 1)[-1] == module[0])
+    args = {k: v for k, v in module[1].items() if k not in ("owner", "group", "validate")}
+    args["dest"] = str(dest)
+    if "src" in args:
+        args["src"] = str(REPO / "roles" / role / "templates" / str(args["src"]))
+    return {
+        **{k: v for k, v in task.items() if k not in ("notify", "when", "register")},
+        key: args,
+    }
+
+
+def _defaults(role: str) -> dict[str, object]:
+    data = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+# (role, task file, task name, the role's variables set for the case: the canary is the
+# secret the template writes).
+RENDER_CASES = [
+    (
+        "alertmanager",
+        "configure.yml",
+        "Write alertmanager.yml (checked by amtool)",
+        {
+            "alertmanager_email_enabled": True,
+            "alertmanager_email_to": ["ops@example.org"],
+            "alertmanager_email_from": "alerts@example.org",
+            "alertmanager_smtp_smarthost": "smtp.example.org:587",
+            "alertmanager_smtp_auth_username": "alerts",
+            "alertmanager_smtp_auth_password": CANARY,
+        },
+    ),
+    (
+        "redis",
+        "sentinel.yml",
+        "Initial Sentinel configuration",
+        {
+            "redis_announce_address": "10.0.0.5",
+            "redis_primary_address": "10.0.0.4",
+            "redis_sentinel_password": CANARY,
+            "redis_zapora_password": CANARY,
+        },
+    ),
+    (
+        "redis",
+        "server.yml",
+        "Redis configuration",
+        {
+            "redis_announce_address": "10.0.0.5",
+            "redis_primary_address": "10.0.0.4",
+            "redis_replication_password": CANARY,
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("role", "tasks_file", "name", "extra"), RENDER_CASES, ids=lambda c: str(c)[:20]
+)
+def test_a_rendered_secret_stays_out_of_diff_and_verbose_output(
+    tmp_path: Path, role: str, tasks_file: str, name: str, extra: dict[str, object]
+) -> None:
+    dest = tmp_path / "rendered"
+    task = _role_task(role, tasks_file, name, dest)
+    playbook = yaml.safe_dump(
+        [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": [task]}]
+    )
+    run = run_playbook(tmp_path, playbook, {**_defaults(role), **extra}, args=("--diff", "-v"))
+    output = run.stdout + run.stderr
+    # The task ran and wrote the secret: else "not in the output" proves nothing.
+    assert run.returncode == 0, output
+    assert CANARY in dest.read_text(), output
+    assert CANARY not in output, f"{role}/{tasks_file}: {name!r} printed the secret"
+
+
+def test_the_repositories_fact_keeps_every_key_out_of_verbose_output(tmp_path: Path) -> None:
+    # The real task file, as the role includes it: the fact holds each store's keys.
+    playbook = (
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: pgbackrest\n"
+        "        tasks_from: repositories.yml\n"
+        "    - ansible.builtin.assert:\n"
+        "        that: pgbackrest_repositories[0].options['s3-key-secret'] == canary\n"
+        "        quiet: true\n"
+    )
+    extra = {
+        "canary": CANARY,
+        "pgbackrest_s3_enabled": True,
+        "pgbackrest_s3_access_key": CANARY,
+        "pgbackrest_s3_secret_key": CANARY,
+        "pgbackrest_s3_cipher_passphrase": CANARY,
+    }
+    run = run_playbook(tmp_path, playbook, extra, args=("--diff", "-v"))
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert CANARY not in output, "pgbackrest_repositories printed a store's keys"
