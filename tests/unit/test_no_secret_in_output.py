@@ -66,6 +66,10 @@ EXCEPTIONS = {
         "no_log per item: true for the pgpass item, the only one holding the password "
         "(checked: a per-item no_log keeps that item's content out of --diff -v)"
     ),
+    (
+        "roles/alertmanager/tasks/configure.yml",
+        "Render alertmanager.yml with the SMTP password masked",
+    ): ("writes the rendered text with the SMTP password replaced by 'masked' (the rescue)"),
     ("playbooks/redis-restore.yml", "Ask before data is replaced"): (
         "redis_restore_key is the snapshot's object name in the bucket, not a credential"
     ),
@@ -124,7 +128,7 @@ def _text(path: Path, task: dict[str, object]) -> str:
     for key, args in list(body.items()):
         if isinstance(args, dict):
             body[key] = {k: v for k, v in args.items() if k not in MASKED_OPTIONS}
-    text = yaml.safe_dump(body)
+    text = str(yaml.safe_dump(body))
     module = _module(task)
     if module and module[0] == "template" and isinstance(module[1], dict):
         # A template's secrets are in its source, not in the task.
@@ -175,7 +179,7 @@ def test_every_task_that_handles_a_secret_has_no_log() -> None:
 def test_the_scan_finds_a_template_secret_and_every_exception_still_exists() -> None:
     # The scan must see a secret inside a template's source (patroni.yml.j2), else the
     # test above passes on nothing; and an exception for a task gone is a stale excuse.
-    task = {"ansible.builtin.template": {"src": "patroni.yml.j2", "dest": "/x"}}
+    task: dict[str, object] = {"ansible.builtin.template": {"src": "patroni.yml.j2", "dest": "/x"}}
     path = REPO / "roles/postgresql/tasks/patroni.yml"
     assert "postgresql_superuser_password" in _secrets_in(_text(path, task))
     names = {
@@ -294,3 +298,39 @@ def test_the_repositories_fact_keeps_every_key_out_of_verbose_output(tmp_path: P
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert CANARY not in output, "pgbackrest_repositories printed a store's keys"
+
+
+def test_a_refused_alertmanager_config_shows_amtool_without_the_password(tmp_path: Path) -> None:
+    # no_log hides amtool's complaint about the written file; the rescue shows what amtool
+    # says about the same settings with the password masked. The role's block as written,
+    # in a copy of the role (its templates linked) whose first template writes to
+    # tmp_path instead of /etc/prometheus.
+    path = REPO / "roles/alertmanager/tasks/configure.yml"
+    data = yaml.safe_load(path.read_text())
+    block = next(t for t in data if t.get("name") == "Write alertmanager.yml (checked by amtool)")
+    write = block["block"][0]["ansible.builtin.template"]
+    write["dest"] = str(tmp_path / "alertmanager.yml")
+    del write["owner"], write["group"], block["block"][0]["notify"]
+    role = tmp_path / "roles" / "alertmanager_block"
+    (role / "tasks").mkdir(parents=True)
+    (role / "tasks" / "main.yml").write_text(yaml.safe_dump([block]))
+    (role / "templates").symlink_to(path.parent.parent / "templates")
+    playbook = (
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: alertmanager_block\n"
+    )
+    extra = {
+        **_defaults("alertmanager"),
+        **RENDER_CASES[0][3],
+        "alertmanager_smtp_smarthost": "smtp.example.org",  # no port: amtool refuses it
+    }
+    roles_path = f"{tmp_path / 'roles'}:{REPO / 'roles'}"
+    run = run_playbook(
+        tmp_path, playbook, extra, args=("--diff", "-v"), env={"ANSIBLE_ROLES_PATH": roles_path}
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output
+    assert "amtool check-config on the same settings" in output, output
+    assert "smtp.example.org" in output and "port" in output, output
+    assert CANARY not in output, "the rescue printed the SMTP password"
+    assert not (tmp_path / "alertmanager.yml").exists(), "a refused config was written"
