@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.unit.local_playbook import run_playbook
+from tests.unit.test_role_preflights import PGBACKREST_BASE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -277,27 +278,25 @@ def test_a_rendered_secret_stays_out_of_diff_and_verbose_output(
     assert CANARY not in output, f"{role}/{tasks_file}: {name!r} printed the secret"
 
 
-def test_the_repositories_fact_keeps_every_key_out_of_verbose_output(tmp_path: Path) -> None:
-    # The real task file, as the role includes it: the fact holds each store's keys.
+def test_the_repositories_keys_stay_out_of_the_preflights_verbose_output(tmp_path: Path) -> None:
+    # The real preflight, as the role runs it: it builds pgbackrest_repositories (each
+    # store's keys, as a fact) and loops its asserts over the repositories.
     playbook = (
-        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n"
+        "- hosts: localhost\n  connection: local\n  gather_facts: true\n  tasks:\n"
         "    - ansible.builtin.include_role:\n        name: pgbackrest\n"
-        "        tasks_from: repositories.yml\n"
+        "        tasks_from: preflight.yml\n"
         "    - ansible.builtin.assert:\n"
         "        that: pgbackrest_repositories[0].options['s3-key-secret'] == canary\n"
         "        quiet: true\n"
     )
-    extra = {
-        "canary": CANARY,
-        "pgbackrest_s3_enabled": True,
-        "pgbackrest_s3_access_key": CANARY,
-        "pgbackrest_s3_secret_key": CANARY,
-        "pgbackrest_s3_cipher_passphrase": CANARY,
-    }
+    secrets = [k for k in PGBACKREST_BASE if SECRET_NAME.search(k)]
+    assert len(secrets) == 7, secrets  # 3 ciphers, the S3 pair, the Azure and GCS keys
+    extra = {**PGBACKREST_BASE, **dict.fromkeys(secrets, CANARY), "canary": CANARY}
     run = run_playbook(tmp_path, playbook, extra, args=("--diff", "-v"))
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
-    assert CANARY not in output, "pgbackrest_repositories printed a store's keys"
+    assert "Assert each repository's secrets are set" in output, output
+    assert CANARY not in output, "the pgbackrest preflight printed a store's keys"
 
 
 def test_a_refused_alertmanager_config_shows_amtool_without_the_password(tmp_path: Path) -> None:
