@@ -177,6 +177,40 @@ def test_every_task_that_handles_a_secret_has_no_log() -> None:
     )
 
 
+# A loop prints each item whole under -v, label or not: a loop over a secret (or over
+# entries holding one) must be silent, per task or per item, or pass its list through a
+# projection that leaves the secrets out.
+LOOP_PROJECTIONS = ("community.general.remove_keys(", "map(attribute='name')")
+
+
+def loops_over_secrets() -> list[str]:
+    found = []
+    for path in [
+        *sorted(REPO.glob("roles/*/tasks/*.yml")),
+        *sorted(REPO.glob("roles/*/handlers/*.yml")),
+        *sorted(REPO.glob("playbooks/*.yml")),
+        *sorted(REPO.glob("playbooks/tasks/*.yml")),
+    ]:
+        for task in _tasks(path):
+            loops = [str(v) for k, v in task.items() if k == "loop" or k.startswith("with_")]
+            no_log = task.get("no_log")
+            if not loops or no_log is True or (isinstance(no_log, str) and "item" in no_log):
+                continue
+            secrets = _secrets_in("".join(f"{{{{ {v} }}}}" for v in loops))
+            if secrets and not any(p in v for p in LOOP_PROJECTIONS for v in loops):
+                found.append(
+                    f"{path.relative_to(REPO)}: {task.get('name')!r} loops over {sorted(secrets)}"
+                )
+    return found
+
+
+def test_no_loop_prints_a_secret_as_its_item() -> None:
+    found = loops_over_secrets()
+    assert not found, "loops whose items hold secrets (no_log, or loop over names):\n" + (
+        "\n".join(found)
+    )
+
+
 def test_the_scan_finds_a_template_secret_and_every_exception_still_exists() -> None:
     # The scan must see a secret inside a template's source (patroni.yml.j2), else the
     # test above passes on nothing; and an exception for a task gone is a stale excuse.
