@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 # A variable is a secret when its name matches; paths to secrets (`*_file`, `*_dir`) are not.
 SECRET_NAME = re.compile(r"password|passphrase|secret|_key$|token|masterauth|basic_auth_users")
 NOT_SECRET_SUFFIXES = ("_file", "_files", "_dir")
-# Facts built from secrets (pgbackrest/tasks/repositories.yml: each store's keys).
-SECRET_FACTS = {"pgbackrest_repositories"}
+# Lists whose entries hold secrets: pgbackrest_repositories (each store's keys, as a fact
+# of pgbackrest/tasks/repositories.yml), nginx_admin_users (basic-auth passwords).
+SECRET_FACTS = {"pgbackrest_repositories", "nginx_admin_users"}
 # Modules whose output can carry a value they were given.
 MODULES = {"template", "copy", "set_fact", "command", "shell", "lineinfile", "blockinfile"}
 # (file, task name): why the task may print without no_log.
@@ -71,6 +72,9 @@ EXCEPTIONS = {
         "roles/alertmanager/tasks/configure.yml",
         "Render alertmanager.yml with the SMTP password masked",
     ): ("writes the rendered text with the SMTP password replaced by 'masked' (the rescue)"),
+    ("roles/nginx/tasks/configure.yml", "Remove basic-auth users no longer listed"): (
+        "takes only the users' names from nginx_admin_users"
+    ),
     ("playbooks/redis-restore.yml", "Ask before data is replaced"): (
         "redis_restore_key is the snapshot's object name in the bucket, not a credential"
     ),
