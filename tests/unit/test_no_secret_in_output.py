@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parents[2]
 # A variable is a secret when its name matches; paths to secrets (`*_file`, `*_dir`) are not.
 SECRET_NAME = re.compile(r"password|passphrase|secret|_key$|token|masterauth|basic_auth_users")
 NOT_SECRET_SUFFIXES = ("_file", "_files", "_dir")
+# The secrets role's variables hold the names of secrets and the rules they meet
+# (secrets_check, secrets_min_length), never a value.
+NOT_SECRET_PREFIX = "secrets_"
 # Lists whose entries hold secrets: pgbackrest_repositories (each store's keys, as a fact
 # of pgbackrest/tasks/repositories.yml), nginx_admin_users (basic-auth passwords).
 SECRET_FACTS = {"pgbackrest_repositories", "nginx_admin_users"}
@@ -92,7 +95,12 @@ def _secrets_in(text: str) -> set[str]:
     return {
         n
         for n in names
-        if n in SECRET_FACTS or (SECRET_NAME.search(n) and not n.endswith(NOT_SECRET_SUFFIXES))
+        if n in SECRET_FACTS
+        or (
+            SECRET_NAME.search(n)
+            and not n.endswith(NOT_SECRET_SUFFIXES)
+            and not n.startswith(NOT_SECRET_PREFIX)
+        )
     }
 
 
