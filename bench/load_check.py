@@ -18,10 +18,8 @@ figures in docs/performance.md are for that).
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 # Fewer connections than the benchmark's 32: the point is latency under a steady load,
@@ -59,50 +57,20 @@ def main() -> int:
             "wrk is missing: `apt-get install wrk` (make setup-test installs it)", file=sys.stderr
         )
         return 2
-    servers_mod = bench._servers_module()
-    tmp = Path(tempfile.mkdtemp(prefix="zapora-load-"))
-    secret = tmp / "jwt"
-    secret.write_text(secrets.token_hex(32))
     results: dict[str, dict[str, float]] = {}
-    with servers_mod.started(durable=True) as servers:
-        from zapora.migrate import upgrade
-
-        upgrade(servers.primary.dsn())
-        ids = bench.seed(servers.primary.dsn())
-        env = {
-            "ZAPORA_ENVIRONMENT": "production",
-            "ZAPORA_DATABASE_URL": servers.primary.dsn(),
-            "ZAPORA_REDIS_URL": servers.redis_url,
-            "ZAPORA_JWT_SECRET_FILE": str(secret),
-            "ZAPORA_LOG_LEVEL": "WARNING",
-            # The per-user write limit stays on, high enough not to answer the load 429.
-            "ZAPORA_USER_WRITE_LIMIT_PER_MINUTE": "100000000",
-        }
-        port = servers_mod.free_port()
-        base = f"http://127.0.0.1:{port}"
-        api = bench.gunicorn("zapora.api.app:create_app()", port, env, tmp / "prom")
-        try:
-            token = httpx.post(
-                base + "/auth/login",
-                json={"email": "bench@example.com", "password": bench.PASSWORD},
-            ).json()["access_token"]
-            auth = {"Authorization": f"Bearer {token}"}
-            order = httpx.post(
-                base + "/orders",
-                json={"items": [{"menu_item_id": ids["item_a"], "quantity": 2}]},
-                headers=auth,
-            ).json()
-            script = bench.post_orders_script(tmp / "post_orders.lua", token, ids)
-            bench.wrk(base + "/menu-items", seconds=1)  # warm-up: caches, pools, bytecode
-            results["GET /menu-items"] = bench.wrk(base + "/menu-items", seconds=SECONDS)
-            results["GET /orders/{id}"] = bench.wrk(
-                f"{base}/orders/{order['id']}", headers=auth, seconds=SECONDS
-            )
-            results["POST /orders"] = bench.wrk(base + "/orders", script=script, seconds=SECONDS)
-        finally:
-            api.terminate()
-            api.wait(30)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with bench.api_server("zapora-load-", ZAPORA_LOG_LEVEL="WARNING") as api:
+        order = httpx.post(
+            api.base + "/orders",
+            json={"items": [{"menu_item_id": api.ids["item_a"], "quantity": 2}]},
+            headers=api.auth,
+        ).json()
+        script = bench.post_orders_script(api.tmp / "post_orders.lua", api.token, api.ids)
+        bench.wrk(api.base + "/menu-items", seconds=1)  # warm-up: caches, pools, bytecode
+        results["GET /menu-items"] = bench.wrk(api.base + "/menu-items", seconds=SECONDS)
+        results["GET /orders/{id}"] = bench.wrk(
+            f"{api.base}/orders/{order['id']}", headers=api.auth, seconds=SECONDS
+        )
+        results["POST /orders"] = bench.wrk(api.base + "/orders", script=script, seconds=SECONDS)
 
     print(
         f"load: {bench.CONNECTIONS} connections, {SECONDS} s per route, 2 workers,"

@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,80 +37,35 @@ import run  # bench/run.py, beside this file
 RATE = float(os.environ.get("BENCH_RATE", "100"))
 
 
-def _pace(rate: float) -> str:
-    """A wrk delay() so that all connections together offer `rate` requests/s."""
-    return f"delay = function() return {run.CONNECTIONS * 1000 / rate:.3f} end\n"
-
-
-def _orders_script(path: Path, token: str, ids: dict[str, str], rate: float | None) -> Path:
-    body = json.dumps({"items": [{"menu_item_id": ids["item_a"], "quantity": 2}]})
-    path.write_text(
-        (_pace(rate) if rate else "") + "local n = 0\n"
-        f"local prefix = '{uuid.uuid4().hex}'\n"
-        "request = function()\n"
-        "  n = n + 1\n"
-        "  return wrk.format('POST', '/orders', {\n"
-        f"    ['Authorization'] = 'Bearer {token}',\n"
-        "    ['Content-Type'] = 'application/json',\n"
-        "    ['Idempotency-Key'] = prefix .. '-' .. n}, "
-        f"'{body}')\n"
-        "end\n"
-    )
-    return path
-
-
 def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: `apt-get install wrk` (make setup installs it)", file=sys.stderr)
         return 2
-    servers_mod = run._servers_module()
-    tmp = Path(tempfile.mkdtemp(prefix="zapora-bench-redis-down-"))
-    secret = tmp / "jwt"
-    secret.write_text(secrets.token_hex(32))
     results: dict[str, dict[str, float]] = {}
-    with servers_mod.started(durable=True) as servers:
-        from zapora.migrate import upgrade
-
-        upgrade(servers.primary.dsn())
-        ids = run.seed(servers.primary.dsn())
-        env = {
-            "ZAPORA_ENVIRONMENT": "production",
-            "ZAPORA_DATABASE_URL": servers.primary.dsn(),
-            "ZAPORA_REDIS_URL": servers.redis_url,
-            "ZAPORA_JWT_SECRET_FILE": str(secret),
-            "ZAPORA_USER_WRITE_LIMIT_PER_MINUTE": "100000000",
-        }
-        port = servers_mod.free_port()
-        base = f"http://127.0.0.1:{port}"
-        api = run.gunicorn("zapora.api.app:create_app()", port, env, tmp / "prom-api")
-        try:
-            token = httpx.post(
-                base + "/auth/login", json={"email": "bench@example.com", "password": run.PASSWORD}
-            ).json()["access_token"]
-            orders = _orders_script(tmp / "post_orders.lua", token, ids, None)
-            paced_orders = _orders_script(tmp / "paced_orders.lua", token, ids, RATE)
-            paced = tmp / "pace.lua"
-            paced.write_text(_pace(RATE))
-            run.wrk(base + "/menu-items", seconds=2)
-            for state in ("up", "down"):
-                if state == "down":
-                    servers.redis_proc.terminate()
-                    servers.redis_proc.wait(10)
-                    time.sleep(1)
-                for endpoint, full, pace in (
-                    ("GET /menu-items", None, paced),
-                    ("POST /orders", orders, paced_orders),
-                ):
-                    path = endpoint.split()[1]
-                    results[f"{endpoint} @{RATE:.0f}/s, Redis {state}"] = run.wrk(
-                        base + path, script=pace
-                    )
-                    results[f"{endpoint} full, Redis {state}"] = run.wrk(base + path, script=full)
-            breaker = httpx.get(base + "/health/ready").json().get("checks", {})
-        finally:
-            api.terminate()
-            api.wait(30)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with run.api_server("zapora-bench-redis-down-") as api:
+        one_item = [{"menu_item_id": api.ids["item_a"], "quantity": 2}]
+        orders = run.post_orders_script(api.tmp / "orders.lua", api.token, api.ids, one_item)
+        paced_orders = run.post_orders_script(
+            api.tmp / "paced_orders.lua", api.token, api.ids, one_item, prelude=run.pace(RATE)
+        )
+        paced = api.tmp / "pace.lua"
+        paced.write_text(run.pace(RATE))
+        run.wrk(api.base + "/menu-items", seconds=2)
+        for state in ("up", "down"):
+            if state == "down":
+                api.servers.redis_proc.terminate()
+                api.servers.redis_proc.wait(10)
+                time.sleep(1)
+            for endpoint, full, paced_script in (
+                ("GET /menu-items", None, paced),
+                ("POST /orders", orders, paced_orders),
+            ):
+                path = endpoint.split()[1]
+                results[f"{endpoint} @{RATE:.0f}/s, Redis {state}"] = run.wrk(
+                    api.base + path, script=paced_script
+                )
+                results[f"{endpoint} full, Redis {state}"] = run.wrk(api.base + path, script=full)
+        breaker = httpx.get(api.base + "/health/ready").json().get("checks", {})
     print(
         f"workers={run.WORKERS} connections={run.CONNECTIONS} seconds={run.SECONDS}"
         f" cores={os.cpu_count()} load average={os.getloadavg()[0]:.1f}"

@@ -29,6 +29,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,18 +149,26 @@ def wrk(
     }
 
 
-def post_orders_script(path: Path, token: str, ids: dict[str, str]) -> Path:
-    """A wrk script that places an order per request, each with its own Idempotency-Key."""
-    body = json.dumps(
-        {
-            "items": [
-                {"menu_item_id": ids["item_a"], "quantity": 2},
-                {"menu_item_id": ids["item_b"], "quantity": 1},
-            ]
-        }
-    )
+def post_orders_script(
+    path: Path,
+    token: str,
+    ids: dict[str, str],
+    items: list[dict[str, Any]] | None = None,
+    prelude: str = "",
+) -> Path:
+    """A wrk script that places an order per request, each with its own Idempotency-Key.
+
+    `items` defaults to two lines (item a x2, item b x1); `prelude` is Lua put before the
+    request function (e.g. pace()'s delay).
+    """
+    if items is None:
+        items = [
+            {"menu_item_id": ids["item_a"], "quantity": 2},
+            {"menu_item_id": ids["item_b"], "quantity": 1},
+        ]
+    body = json.dumps({"items": items})
     path.write_text(
-        "local n = 0\n"
+        prelude + "local n = 0\n"
         f"local prefix = '{uuid.uuid4().hex}'\n"
         "request = function()\n"
         "  n = n + 1\n"
@@ -169,6 +180,71 @@ def post_orders_script(path: Path, token: str, ids: dict[str, str]) -> Path:
         "end\n"
     )
     return path
+
+
+def pace(rate: float) -> str:
+    """A wrk delay() so that all connections together offer `rate` requests/s."""
+    return f"delay = function() return {CONNECTIONS * 1000 / rate:.3f} end\n"
+
+
+@dataclass
+class Api:
+    """The API under gunicorn on local PostgreSQL and Redis, migrated and seeded."""
+
+    servers: Any
+    proc: subprocess.Popen[bytes]
+    base: str
+    token: str
+    ids: dict[str, str]
+    env: dict[str, str]
+    tmp: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@contextmanager
+def api_server(prefix: str, **extra_env: str) -> Iterator[Api]:
+    """Start PostgreSQL (durable) and Redis, migrate, seed, run the API under gunicorn with
+    production settings and sign the bench customer in; everything stops on exit.
+
+    The per-user write limit stays on (its Redis round trip is paid) but high enough that the
+    load is not answered 429. `extra_env` adds to or overrides the API's environment.
+    """
+    servers_mod = _servers_module()
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    secret = tmp / "jwt"
+    secret.write_text(secrets.token_hex(32))
+    try:
+        with servers_mod.started(durable=True) as servers:
+            from zapora.migrate import upgrade
+
+            upgrade(servers.primary.dsn())
+            ids = seed(servers.primary.dsn())
+            env = {
+                "ZAPORA_ENVIRONMENT": "production",
+                "ZAPORA_DATABASE_URL": servers.primary.dsn(),
+                "ZAPORA_REDIS_URL": servers.redis_url,
+                "ZAPORA_JWT_SECRET_FILE": str(secret),
+                "ZAPORA_LOG_LEVEL": "INFO",
+                "ZAPORA_USER_WRITE_LIMIT_PER_MINUTE": "100000000",
+                **extra_env,
+            }
+            port = servers_mod.free_port()
+            base = f"http://127.0.0.1:{port}"
+            proc = gunicorn("zapora.api.app:create_app()", port, env, tmp / "prom-api")
+            try:
+                token = httpx.post(
+                    base + "/auth/login",
+                    json={"email": "bench@example.com", "password": PASSWORD},
+                ).json()["access_token"]
+                yield Api(servers, proc, base, token, ids, env, tmp)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cpu_seconds(master: int) -> float:
@@ -228,82 +304,54 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is missing: `apt-get install wrk` (make setup installs it)", file=sys.stderr)
         return 2
-    servers_mod = _servers_module()
-    tmp = Path(tempfile.mkdtemp(prefix="zapora-bench-"))
-    secret = tmp / "jwt"
-    secret.write_text(secrets.token_hex(32))
     results: dict[str, Any] = {}
-    with servers_mod.started(durable=True) as servers:
-        assert servers.primary.proc is not None
-        BACKENDS[:] = [servers.primary.proc.pid, servers.redis_proc.pid]
-        from zapora.migrate import upgrade
-
-        upgrade(servers.primary.dsn())
-        ids = seed(servers.primary.dsn())
-        env = {
-            "ZAPORA_ENVIRONMENT": "production",
-            "ZAPORA_DATABASE_URL": servers.primary.dsn(),
-            "ZAPORA_REDIS_URL": servers.redis_url,
-            "ZAPORA_JWT_SECRET_FILE": str(secret),
-            "ZAPORA_LOG_LEVEL": "INFO",
-            # The per-user write limit stays on (its Redis round trip is paid) but high enough
-            # that the load is not answered 429.
-            "ZAPORA_USER_WRITE_LIMIT_PER_MINUTE": "100000000",
-        }
-        port = servers_mod.free_port()
-        ceiling_port = servers_mod.free_port()
-        base = f"http://127.0.0.1:{port}"
+    with api_server("zapora-bench-") as api:
+        primary = api.servers.primary.proc
+        assert primary is not None
+        BACKENDS[:] = [primary.pid, api.servers.redis_proc.pid]
+        ceiling_port = _free_port()
         ceiling_url = f"http://127.0.0.1:{ceiling_port}/constant"
-        api = gunicorn("zapora.api.app:create_app()", port, env, tmp / "prom-api")
         # The ceiling serves the very bytes of the list response.
-        payload = tmp / "menu-items.json"
-        payload.write_bytes(httpx.get(base + "/menu-items").content)
+        payload = api.tmp / "menu-items.json"
+        payload.write_bytes(httpx.get(api.base + "/menu-items").content)
         # Both servers stay up; idle workers cost nothing. Rounds alternate between them so
         # that load from other processes on the machine skews both sides alike.
         ceiling = gunicorn(
             "ceiling_app:create_app()",
             ceiling_port,
-            {**env, "BENCH_CEILING_PAYLOAD": str(payload)},
-            tmp / "prom-ceiling",
+            {**api.env, "BENCH_CEILING_PAYLOAD": str(payload)},
+            api.tmp / "prom-ceiling",
         )
         try:
-            token = httpx.post(
-                base + "/auth/login", json={"email": "bench@example.com", "password": PASSWORD}
-            ).json()["access_token"]
-            auth = {"Authorization": f"Bearer {token}"}
             order = httpx.post(
-                base + "/orders",
-                json={"items": [{"menu_item_id": ids["item_a"], "quantity": 2}]},
-                headers=auth,
+                api.base + "/orders",
+                json={"items": [{"menu_item_id": api.ids["item_a"], "quantity": 2}]},
+                headers=api.auth,
             ).json()
-            script = post_orders_script(tmp / "post_orders.lua", token, ids)
+            script = post_orders_script(api.tmp / "post_orders.lua", api.token, api.ids)
             # Warm-up: caches, pools, bytecode.
-            wrk(base + "/menu-items", seconds=2)
+            wrk(api.base + "/menu-items", seconds=2)
             wrk(ceiling_url, seconds=2)
             rounds: dict[str, list[dict[str, float]]] = {"menu": [], "ceiling": []}
             for _ in range(ROUNDS):
                 rounds["ceiling"].append(measured(ceiling.pid, ceiling_url))
-                rounds["menu"].append(measured(api.pid, base + "/menu-items"))
+                rounds["menu"].append(measured(api.proc.pid, api.base + "/menu-items"))
             results["ceiling GET /constant"] = _median(rounds["ceiling"])
             results["GET /menu-items (cached)"] = _median(rounds["menu"])
             results["GET /orders/{id}"] = measured(
-                api.pid, f"{base}/orders/{order['id']}", headers=auth
+                api.proc.pid, f"{api.base}/orders/{order['id']}", headers=api.auth
             )
-            results["POST /orders"] = measured(api.pid, base + "/orders", script=script)
+            results["POST /orders"] = measured(api.proc.pid, api.base + "/orders", script=script)
             peak = results["GET /menu-items (cached)"]["rps"]
             # Half load: each connection waits so that all together offer peak/2 req/s.
-            pace = tmp / "pace.lua"
-            pace.write_text(
-                f"delay = function() return {CONNECTIONS * 1000 / (peak / 2):.3f} end\n"
-            )
-            results["GET /menu-items at half peak"] = wrk(base + "/menu-items", script=pace)
-            results["worker RSS MB"] = worker_rss_mb(api.pid)
+            half = api.tmp / "pace.lua"
+            half.write_text(pace(peak / 2))
+            results["GET /menu-items at half peak"] = wrk(api.base + "/menu-items", script=half)
+            results["worker RSS MB"] = worker_rss_mb(api.proc.pid)
             results["ceiling bytes"] = len(payload.read_bytes())
         finally:
-            for proc in (api, ceiling):
-                proc.terminate()
-                proc.wait(30)
-    shutil.rmtree(tmp, ignore_errors=True)
+            ceiling.terminate()
+            ceiling.wait(30)
 
     print(
         f"workers={WORKERS} connections={CONNECTIONS} seconds={SECONDS} rounds={ROUNDS}"

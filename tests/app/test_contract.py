@@ -8,16 +8,14 @@ seeded, so it is repeatable; ZAPORA_CONTRACT_MAX_EXAMPLES raises the depth for a
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+
+from tests import schemathesis_run
 
 from . import servers as srv
 from .conftest import Catalog, People
@@ -38,10 +36,6 @@ checks.positive_data_acceptance.expected-statuses = [
   "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx",
 ]
 """
-
-
-def _st() -> str:
-    return str(Path(sys.executable).with_name("st"))
 
 
 def _user_ids(db: psycopg.Connection[dict[str, Any]]) -> set[str]:
@@ -70,8 +64,6 @@ def test_openapi_contract_holds(
     url, proc = start_gunicorn(
         servers, secret_file, tmp_path, ZAPORA_USER_WRITE_LIMIT_PER_MINUTE="100000"
     )
-    config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG)
     # What the fixtures left, measured before the run: exactly their four people, and nothing
     # yet done with the admin's token.
     people_ids = {p.id for p in (people.customer, people.other, people.staff, people.admin)}
@@ -79,46 +71,18 @@ def test_openapi_contract_holds(
     assert _actions_by(db, people.admin.id) == {}
     try:
         token = people.admin.tokens["access_token"]
-        started = time.monotonic()
-        result = subprocess.run(
-            [
-                _st(),
-                "--config-file",
-                str(config),
-                "run",
-                f"{url}/openapi.json",
-                "--checks",
-                "all",
-                "--header",
-                f"Authorization: Bearer {token}",
-                "--exclude-path",
-                "/auth/logout",
-                "--max-examples",
-                str(MAX_EXAMPLES),
-                "--seed",
-                "20261125",
-                "--request-timeout",
-                "20",
-                "--no-color",
-                "--max-time",
-                str(MAX_TIME_SECONDS),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=MAX_TIME_SECONDS + 60,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
-            check=False,
+        returncode, output = schemathesis_run.run(
+            f"{url}/openapi.json",
+            CONFIG,
+            tmp_path,
+            f"Bearer {token}",
+            seed="20261125",
+            request_timeout=20,
+            max_time=MAX_TIME_SECONDS,
+            extra=("--max-examples", str(MAX_EXAMPLES)),
         )
-        elapsed = time.monotonic() - started
-        output = result.stdout + result.stderr
-        print(output)
-        print(f"schemathesis: exit {result.returncode} in {elapsed:.0f} s")
-        assert result.returncode == 0, output[-6000:]
-        # Every selected operation was tested (none left out by the time bound).
-        selected = re.search(r"Selected: (\d+)/\d+", output)
-        tested = re.search(r"Tested: (\d+)", output)
-        assert selected and tested, output[-3000:]
-        assert int(tested[1]) == int(selected[1]) > 0
+        assert returncode == 0, output[-6000:]
+        schemathesis_run.assert_every_operation_tested(output)
         # The run really exercised the API beyond 4xx answers: registrations it sent were
         # accepted and stored, and writes only staff may make were accepted with the admin's
         # token and committed (each is audited under the admin's id).

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -338,37 +339,48 @@ def api_login(c: httpx.Client, email: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
+def new_menu_item(
+    c: httpx.Client, label: str, name: str = "Barszcz", price_minor: int = 900
+) -> dict[str, Any]:
+    """A new menu with one available item, made as the lab's admin; the item as created."""
+    admin = api_login(c, "admin@zapora.example.com", lab_secret("app_admin_password"))
+    menu = c.post("/menus", json={"name": f"{label} {uuid.uuid4().hex[:6]}"}, headers=admin)
+    assert menu.status_code == 201, menu.text
+    item = c.post(
+        "/menu-items",
+        json={
+            "menu_id": menu.json()["id"],
+            "name": name,
+            "price_minor": price_minor,
+            "currency": "PLN",
+        },
+        headers=admin,
+    )
+    assert item.status_code == 201, item.text
+    return dict(item.json())
+
+
+def new_customer(c: httpx.Client, label: str) -> dict[str, str]:
+    """A newly registered customer's bearer header."""
+    email = f"{label}-{uuid.uuid4().hex[:8]}@zapora.example.com"
+    password = f"{label} customer password"
+    r = c.post("/auth/register", json={"email": email, "password": password, "full_name": "E2E"})
+    assert r.status_code == 201, r.text
+    return api_login(c, email, password)
+
+
 def order_journey(lab: Lab) -> None:
     """Register, login, menu, order through the edge; the worker records the order's event."""
-    admin_password = lab_secret("app_admin_password")
     with api_client() as c:
-        admin = api_login(c, "admin@zapora.example.com", admin_password)
-        menu = c.post("/menus", json={"name": f"e2e {uuid.uuid4().hex[:6]}"}, headers=admin)
-        assert menu.status_code == 201, menu.text
-        item = c.post(
-            "/menu-items",
-            json={
-                "menu_id": menu.json()["id"],
-                "name": "Pierogi",
-                "price_minor": 1250,
-                "currency": "PLN",
-            },
-            headers=admin,
-        )
-        assert item.status_code == 201, item.text
-        email = f"e2e-{uuid.uuid4().hex[:8]}@zapora.example.com"
-        r = c.post(
-            "/auth/register",
-            json={"email": email, "password": "e2e customer password", "full_name": "E2E"},
-        )
-        assert r.status_code == 201, r.text
-        customer = api_login(c, email, "e2e customer password")
-        listed = c.get("/menu-items", params={"menu_id": menu.json()["id"]})
+        item = new_menu_item(c, "e2e", "Pierogi", 1250)
+        item_id = item["id"]
+        customer = new_customer(c, "e2e")
+        listed = c.get("/menu-items", params={"menu_id": item["menu_id"]})
         assert listed.status_code == 200, listed.text
-        assert item.json()["id"] in [i["id"] for i in listed.json()["items"]]
+        assert item_id in [i["id"] for i in listed.json()["items"]]
         order = c.post(
             "/orders",
-            json={"items": [{"menu_item_id": item.json()["id"], "quantity": 2}]},
+            json={"items": [{"menu_item_id": item_id, "quantity": 2}]},
             headers={**customer, "Idempotency-Key": uuid.uuid4().hex},
         )
         assert order.status_code == 201, order.text

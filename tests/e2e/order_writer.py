@@ -20,7 +20,7 @@ from collections import Counter
 
 import httpx
 
-from tests.e2e.conftest import Lab, api_client, api_login, lab_secret
+from tests.e2e.conftest import Lab, api_client, new_customer, new_menu_item
 
 PACE_S = 1.5
 
@@ -39,29 +39,7 @@ class OrderWriter:
     def _customer() -> tuple[dict[str, str], str]:
         """A menu item to order (made as admin) and a fresh customer's bearer header."""
         with api_client() as c:
-            admin = api_login(c, "admin@zapora.example.com", lab_secret("app_admin_password"))
-            menu = c.post(
-                "/menus", json={"name": f"e2e writer {uuid.uuid4().hex[:6]}"}, headers=admin
-            )
-            assert menu.status_code == 201, menu.text
-            item = c.post(
-                "/menu-items",
-                json={
-                    "menu_id": menu.json()["id"],
-                    "name": "Barszcz",
-                    "price_minor": 900,
-                    "currency": "PLN",
-                },
-                headers=admin,
-            )
-            assert item.status_code == 201, item.text
-            email = f"e2e-writer-{uuid.uuid4().hex[:8]}@zapora.example.com"
-            password = "e2e writer password"
-            r = c.post(
-                "/auth/register", json={"email": email, "password": password, "full_name": "W"}
-            )
-            assert r.status_code == 201, r.text
-            return api_login(c, email, password), str(item.json()["id"])
+            return new_customer(c, "e2e-writer"), str(new_menu_item(c, "e2e writer")["id"])
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.limit_s

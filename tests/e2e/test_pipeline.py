@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 
 import httpx
 import pytest
@@ -25,6 +24,7 @@ from tests.e2e.conftest import (
     api_login,
     app_state,
     lab_secret,
+    new_menu_item,
 )
 
 pytestmark = pytest.mark.e2e
@@ -36,20 +36,7 @@ def _available_item(c: httpx.Client) -> None:
     assert listed.status_code == 200, listed.text
     if listed.json()["items"]:
         return
-    admin = api_login(c, "admin@zapora.example.com", lab_secret("app_admin_password"))
-    menu = c.post("/menus", json={"name": f"smoke {uuid.uuid4().hex[:6]}"}, headers=admin)
-    assert menu.status_code == 201, menu.text
-    item = c.post(
-        "/menu-items",
-        json={
-            "menu_id": menu.json()["id"],
-            "name": "Barszcz",
-            "price_minor": 900,
-            "currency": "PLN",
-        },
-        headers=admin,
-    )
-    assert item.status_code == 201, item.text
+    new_menu_item(c, "smoke")
 
 
 def _history(lab: Lab, host: str) -> list[dict[str, object]]:
