@@ -57,7 +57,8 @@ def patroni_status(lab: Lab, host: str) -> dict[str, object]:
     out = lab.ssh(
         host,
         "python3 -c 'import ssl, sys, urllib.request; "
-        f'sys.stdout.write(urllib.request.urlopen("{url}", timeout=5, context={ctx}).read().decode())\'',
+        f'sys.stdout.write(urllib.request.urlopen("{url}", timeout=5, context={ctx})'
+        ".read().decode())'",
         check=False,
     )
     result: dict[str, object] = json.loads(out.stdout) if out.returncode == 0 else {}
