@@ -216,8 +216,9 @@ def test_a_certificate_a_day_from_expiry_is_flagged_and_renewed_by_the_next_run(
             f"echo | openssl s_client -connect {lab.hosts[RENEW_HOST].address}:26379 -tls1_3 "
             f"-CAfile {CA_ON['app1']} 2>/dev/null | openssl x509 -noout -enddate",
         ).stdout
-        assert served.strip() == lab.ssh(
-            RENEW_HOST, f"openssl x509 -noout -enddate -in {RENEW_CERT}"
-        ).stdout.strip(), served
+        assert (
+            served.strip()
+            == lab.ssh(RENEW_HOST, f"openssl x509 -noout -enddate -in {RENEW_CERT}").stdout.strip()
+        ), served
     finally:
         lab.ssh(RENEW_HOST, "systemctl start zapora-tls-expiry", check=False)
