@@ -111,7 +111,7 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
     retry = BreakerRetry(ExponentialBackoff(cap=1.0, base=0.1), settings.redis_retries, breaker)
     client: TracedRedis
     if settings.redis_sentinels:
-        ssl_on = {"ssl": True} if settings.redis_tls_ca_file is not None else {}
+        ssl_on: dict[str, Any] = {"ssl": True} if settings.redis_tls_ca_file is not None else {}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             parse_sentinels(settings.redis_sentinels),
             sentinel_kwargs={
