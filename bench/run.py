@@ -12,7 +12,8 @@ Beside the server's CPU per request it prints PostgreSQL's (postmaster and backe
 Redis's, per request of the same run.
 
 Environment: BENCH_SECONDS (default 10), BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
-ZAPORA_WORKERS (2).
+ZAPORA_WORKERS (2), BENCH_TLS (1: PostgreSQL and Redis speak TLS 1.3 only and the API
+verifies them, sslmode=verify-full and ZAPORA_REDIS_TLS_CA_FILE, as on the hosts).
 PostgreSQL runs with its durable defaults (fsync on), unlike the test suite's.
 """
 
@@ -42,6 +43,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 WORKERS = os.environ.get("ZAPORA_WORKERS", "2")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 PASSWORD = "benchmark password"
+TLS = os.environ.get("BENCH_TLS", "") == "1"
 
 
 def _servers_module() -> Any:
@@ -233,7 +235,7 @@ def main() -> int:
     secret = tmp / "jwt"
     secret.write_text(secrets.token_hex(32))
     results: dict[str, Any] = {}
-    with servers_mod.started(durable=True) as servers:
+    with servers_mod.started(durable=True, tls=TLS) as servers:
         assert servers.primary.proc is not None
         BACKENDS[:] = [servers.primary.proc.pid, servers.redis_proc.pid]
         from zapora.migrate import upgrade
@@ -250,6 +252,9 @@ def main() -> int:
             # that the load is not answered 429.
             "ZAPORA_USER_WRITE_LIMIT_PER_MINUTE": "100000000",
         }
+        if servers.ca:
+            env["ZAPORA_REDIS_TLS_CA_FILE"] = str(servers.ca)
+        print(f"TLS to PostgreSQL and Redis: {'on' if servers.ca else 'off'}")
         port = servers_mod.free_port()
         ceiling_port = servers_mod.free_port()
         base = f"http://127.0.0.1:{port}"
