@@ -174,6 +174,9 @@ def wait_for(probe: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
+# It runs the Redis tier's playbook and restarts a Sentinel: the data tier is its alone.
+@pytest.mark.lab(exclusive=("data",), shared=("app",))
+@pytest.mark.slow(reason="site.yml --tags redis renews the certificate: 134 s on the lab")
 def test_a_certificate_a_day_from_expiry_is_flagged_and_renewed_by_the_next_run(lab: Lab) -> None:
     ca_host = lab.groups["etcd"][0]  # internal_ca_host: the first etcd member
     # A certificate for the same key and names, signed by the internal CA for one day.
