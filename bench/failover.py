@@ -25,13 +25,14 @@ ready through the edge. All traffic goes to the lab; every part is bounded in ti
 Run it under the lab's lock: `flock /tmp/zapora-lab.lock make bench-failover`.
 
   .venv/bin/python bench/failover.py [--faults kill,pause,redis-kill,redis-down]
-      [--clients 4] [--fault-s 40] [--steady-s 10] [--after-s 20] [--keep-limits]
+      [--rounds 1] [--clients 4] [--fault-s 40] [--steady-s 10] [--after-s 20] [--keep-limits]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import subprocess
 import sys
 import time
@@ -118,7 +119,7 @@ def fault(lab: Lab, name: str, fault_s: float) -> dict[str, object]:
     return seen
 
 
-def run_fault(lab: Lab, name: str, args: argparse.Namespace) -> bool:
+def run_fault(lab: Lab, name: str, args: argparse.Namespace) -> tuple[bool, float]:
     limit = args.steady_s + args.fault_s + args.after_s + 300
     writers = [
         OrderWriter(limit_s=limit, pace_s=PACE_S, retry_key=True, retry_s=RETRY_S)
@@ -162,12 +163,13 @@ def run_fault(lab: Lab, name: str, args: argparse.Namespace) -> bool:
     for w in writers:
         for line in w.failures[:3]:
             print(f"    {line}")
-    return ok
+    return ok, longest[1]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--rounds", type=int, default=1, help="each fault this many times")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--steady-s", type=float, default=10)
     parser.add_argument("--fault-s", type=float, default=40)
@@ -186,8 +188,20 @@ def main() -> int:
         edge_limits(exempt=True)
     try:
         ok = True
-        for name in faults:
-            ok = run_fault(lab, name, args) and ok
+        waits: dict[str, list[float]] = {name: [] for name in faults}
+        for _ in range(args.rounds):
+            for name in faults:
+                fault_ok, longest = run_fault(lab, name, args)
+                ok = ok and fault_ok
+                waits[name].append(longest)
+        if args.rounds > 1:
+            print("\nlongest client wait per fault over the rounds:")
+            for name, values in waits.items():
+                each = ", ".join(f"{v:.1f}" for v in values)
+                print(
+                    f"  {name:10s} median {statistics.median(values):.1f} s, "
+                    f"max {max(values):.1f} s ({each})"
+                )
     finally:
         if not args.keep_limits:
             edge_limits(exempt=False)

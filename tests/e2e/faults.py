@@ -35,9 +35,24 @@ def patroni_members(lab: Lab, spare: str = "") -> list[dict[str, object]]:
 
 
 def patroni_leader(lab: Lab, spare: str = "") -> str:
-    return next(
-        (str(m["Member"]) for m in patroni_members(lab, spare) if m["Role"] == "Leader"), ""
-    )
+    """The leader by Patroni's member list; with `spare` (a host under a fault), the other
+    host whose own REST API answers 200 to /primary: patronictl may ask the frozen host's
+    etcd member first and wait, the REST API of the new leader answers the moment it holds
+    the lock."""
+    if not spare:
+        members = patroni_members(lab)
+        return next((str(m["Member"]) for m in members if m["Role"] == "Leader"), "")
+    for host in lab.groups["postgres"]:
+        if host == spare:
+            continue
+        url = f"http://{lab.hosts[host].address}:8008/primary"
+        probe = f"python3 -c \"import urllib.request; urllib.request.urlopen('{url}', timeout=2)\""
+        try:
+            if lab.ssh(host, probe, check=False, timeout=15).returncode == 0:
+                return host
+        except subprocess.TimeoutExpired:
+            continue
+    return ""
 
 
 def patroni_whole(lab: Lab) -> bool:
