@@ -26,9 +26,7 @@ DOCKER = "docker ps -aq | xargs -r docker inspect"
 
 def _secrets() -> dict[str, str]:
     values = {
-        path.name: path.read_text().strip()
-        for path in sorted(SECRETS.iterdir())
-        if path.is_file()
+        path.name: path.read_text().strip() for path in sorted(SECRETS.iterdir()) if path.is_file()
     }
     assert values, f"no secrets under {SECRETS}: run `make lab`"
     # Short values would match by chance; the lab's are 24-48 characters.
