@@ -18,10 +18,18 @@ pytestmark = [pytest.mark.e2e]
 # containers /proc/*/environ is read from the host (the containers are processes of it).
 SOURCES = {
     "ps": "ps -eo args=",
-    "environ": "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\"; done 2>/dev/null",
+    # Each process's environment after a line naming its program.
+    "environ": (
+        'for d in /proc/[0-9]*; do echo "@@ $(cat $d/comm 2>/dev/null)"; '
+        "tr '\\0' '\\n' < $d/environ 2>/dev/null; echo; done"
+    ),
     "journal": "journalctl --no-pager -o cat -q",
 }
 DOCKER = "docker ps -aq | xargs -r docker inspect"
+# The one exposure the roles accept, with their reason: Debian's prometheus-redis-exporter
+# (1.69) takes an ACL user's password only as a flag or REDIS_PASSWORD (roles/redis/tasks/
+# exporter.yml); its environment is readable by root and its own user only.
+KNOWN = {("environ", "prometheus-redi", "redis_exporter_password")}
 
 
 def _secrets() -> dict[str, str]:
@@ -51,7 +59,15 @@ def test_no_secret_in_process_lists_environments_logs_or_docker_inspect(lab: Lab
             out = lab.ssh(host, command, check=False, timeout=180)
             assert out.stdout, f"{host}: {source} returned nothing ({out.stderr[:200]})"
             searched += len(out.stdout)
-            found += [f"{host} {source}: {name}" for name in _hits(out.stdout, values)]
+            blocks = out.stdout.split("@@ ") if source == "environ" else [out.stdout]
+            for block in blocks:
+                program = block.split("\n", 1)[0].strip() if source == "environ" else ""
+                for name in _hits(block, values):
+                    where = f"{host} {source} {program}".rstrip() + f": {name}"
+                    if (source, program, name) in KNOWN:
+                        print(f"KNOWN (accepted, roles/redis/tasks/exporter.yml): {where}")
+                    else:
+                        found.append(where)
     print(f"searched {searched / 1e6:.1f} MB on {len(lab.hosts)} hosts for {len(values)} secrets")
     assert not found, "secret values found:\n" + "\n".join(found)
 
