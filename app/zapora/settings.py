@@ -157,25 +157,24 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _load_secrets(self) -> Settings:
         if self.jwt_secret_file is not None:
-            lines = self.jwt_secret_file.read_bytes().split(b"\n")
-            keys = [line.strip() for line in lines if line.strip()] or [b""]
+            raw = self.jwt_secret_file.read_bytes()
         elif self.environment is Environment.development:
-            keys = [secrets.token_urlsafe(48).encode()]
+            raw = secrets.token_urlsafe(48).encode()
         else:
             raise WeakSecretError("ZAPORA_JWT_SECRET_FILE must name a file holding the secret")
-        texts = []
-        for raw in keys:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WeakSecretError(
+                "the JWT secret file must hold text, e.g. the output of `openssl rand -hex 32`"
+            ) from exc
+        texts = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+        for key in texts:
             try:
-                check_secret(raw)
+                check_secret(key.encode())
             except WeakSecretError:
                 if self.environment is not Environment.development:
                     raise
-            try:
-                texts.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise WeakSecretError(
-                    "the JWT secret file must hold text, e.g. the output of `openssl rand -hex 32`"
-                ) from exc
         self.jwt_secret = SecretStr(texts[0])
         self.jwt_previous_secrets = tuple(SecretStr(t) for t in texts[1:] if t != texts[0])
         if self.redis_password_file is not None:
