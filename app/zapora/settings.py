@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     # first answer closes the breaker.
     redis_breaker_cooldown_seconds: float = Field(default=1.0, gt=0)
 
+    # The JWT key set: one key per line, the first signs, the others (previous keys kept by a
+    # rotation) only verify. A token names its key by `kid`, derived from the key itself.
     jwt_secret_file: Path | None = None
     jwt_issuer: str = "zapora"
     jwt_audience: str = "zapora-api"
@@ -139,8 +141,15 @@ class Settings(BaseSettings):
     purge_interval_seconds: int = Field(default=600, ge=1)
 
     # Loaded from jwt_secret_file by the validator below; never read from the environment.
+    # jwt_secret signs; jwt_previous_secrets still verify tokens they signed.
     jwt_secret: SecretStr = Field(default=SecretStr(""), exclude=True)
+    jwt_previous_secrets: tuple[SecretStr, ...] = Field(default=(), exclude=True)
     redis_password: SecretStr | None = Field(default=None, exclude=True)
+
+    @property
+    def jwt_keys(self) -> list[str]:
+        """The JWT key set, the signing key first."""
+        return [k.get_secret_value() for k in (self.jwt_secret, *self.jwt_previous_secrets)]
 
     @property
     def docs_on(self) -> bool:
@@ -157,23 +166,26 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _load_secrets(self) -> Settings:
         if self.jwt_secret_file is not None:
-            raw = self.jwt_secret_file.read_bytes().strip()
+            raw = self.jwt_secret_file.read_bytes()
         elif self.environment is Environment.development:
             raw = secrets.token_urlsafe(48).encode()
         else:
             raise WeakSecretError("ZAPORA_JWT_SECRET_FILE must name a file holding the secret")
-        try:
-            check_secret(raw)
-        except WeakSecretError:
-            if self.environment is not Environment.development:
-                raise
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise WeakSecretError(
                 "the JWT secret file must hold text, e.g. the output of `openssl rand -hex 32`"
             ) from exc
-        self.jwt_secret = SecretStr(text)
+        texts = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+        for key in texts:
+            try:
+                check_secret(key.encode())
+            except WeakSecretError:
+                if self.environment is not Environment.development:
+                    raise
+        self.jwt_secret = SecretStr(texts[0])
+        self.jwt_previous_secrets = tuple(SecretStr(t) for t in texts[1:] if t != texts[0])
         if self.redis_password_file is not None:
             self.redis_password = SecretStr(self.redis_password_file.read_text().strip())
         if self.db_request_deadline_seconds and (

@@ -1,6 +1,11 @@
 """Password hashing (bcrypt) and JWTs (python-jose, HS256 pinned). python-jose verifies a
 token the first time a process sees it; the verified claims are remembered by the token's
-text, and the clock-dependent and identity claims are checked again on every use."""
+text, and the clock-dependent and identity claims are checked again on every use.
+
+Keys rotate as a key set: the first key signs, every key verifies, and a token names its
+key in the header's `kid` (derived from the key, so nothing but the key set is configured).
+A token with a `kid` outside the set is refused; a token without one (issued before key ids
+existed) is verified against each key of the set."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import base64
 import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,12 @@ class InvalidToken(Exception):
     pass
 
 
+def key_id(key: str) -> str:
+    """The public name of a signing key: a truncated SHA-256 of a label and the key, which
+    tells nothing about the key (it is 32+ random bytes) and stays the same on every host."""
+    return hashlib.sha256(b"zapora-jwt-kid\x00" + key.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     sub: str
@@ -55,8 +67,16 @@ class TokenClaims:
 
 
 class TokenCodec:
-    def __init__(self, secret: str, issuer: str, audience: str, leeway: int = 0) -> None:
-        self._secret = secret
+    def __init__(
+        self, keys: str | Sequence[str], issuer: str, audience: str, leeway: int = 0
+    ) -> None:
+        key_list = [keys] if isinstance(keys, str) else list(keys)
+        if not key_list:
+            raise ValueError("a JWT key set needs at least one key")
+        # The first key signs; every key verifies the tokens it signed.
+        self._secret = key_list[0]
+        self._kid = key_id(key_list[0])
+        self._keys = {key_id(k): k for k in key_list}
         self._issuer = issuer
         self._audience = audience
         # Tolerated clock skew between hosts, on `nbf`, `iat` and `exp`.
@@ -82,7 +102,7 @@ class TokenCodec:
         }
         if fam is not None:
             claims["fam"] = fam
-        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM, headers={"kid": self._kid})
         return token, _to_claims(claims)
 
     def decode(self, token: str, typ: str) -> TokenClaims:
@@ -105,14 +125,35 @@ class TokenCodec:
         return _to_claims(claims)
 
     def _verify(self, token: str) -> dict[str, Any]:
-        """The claims of a token python-jose verifies (HS256 only, every claim required)."""
+        """The claims of a token python-jose verifies (HS256 only, every claim required) with
+        the key its `kid` names, or, without a `kid`, with the first key of the set that
+        verifies it."""
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("alg") != ALGORITHM:
-                raise InvalidToken("unexpected algorithm")
+        except JWTError as exc:
+            raise InvalidToken(str(exc)) from exc
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("unexpected algorithm")
+        kid = header.get("kid")
+        if kid is None:
+            candidates = list(self._keys.values())
+        elif isinstance(kid, str) and kid in self._keys:
+            candidates = [self._keys[kid]]
+        else:
+            raise InvalidToken("unknown key id")
+        error = InvalidToken("no key verifies the token")
+        for key in candidates:
+            try:
+                return self._verify_with(token, key)
+            except InvalidToken as exc:
+                error = exc
+        raise error
+
+    def _verify_with(self, token: str, key: str) -> dict[str, Any]:
+        try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._secret,
+                key,
                 algorithms=[ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,

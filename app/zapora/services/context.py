@@ -59,12 +59,12 @@ class Infra:
             ),
             redis=redis_from_settings(settings),
             tokens=TokenCodec(
-                settings.jwt_secret.get_secret_value(),
+                settings.jwt_keys,
                 settings.jwt_issuer,
                 settings.jwt_audience,
                 settings.jwt_leeway_seconds,
             ),
-            cursors=CursorCodec(settings.jwt_secret.get_secret_value()),
+            cursors=CursorCodec(settings.jwt_keys),
         )
 
     async def open(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -46,13 +47,21 @@ class Window:
 
 
 class CursorCodec:
-    def __init__(self, secret: str) -> None:
-        self._key = hmac.new(secret.encode(), b"list-cursor", hashlib.sha256).digest()
+    """Cursors are signed with the JWT key set's first key and accepted from any of its keys,
+    so a list being paged through survives a key rotation."""
 
-    def _mac(self, scope: str, payload: bytes) -> bytes:
-        return hmac.new(self._key, scope.encode() + b"\x00" + payload, hashlib.sha256).digest()[
-            :_MAC_BYTES
+    def __init__(self, secrets: str | Sequence[str]) -> None:
+        key_list = [secrets] if isinstance(secrets, str) else list(secrets)
+        self._keys = [
+            hmac.new(key.encode(), b"list-cursor", hashlib.sha256).digest() for key in key_list
         ]
+
+    def _mac(self, scope: str, payload: bytes, key: bytes | None = None) -> bytes:
+        return hmac.new(
+            self._keys[0] if key is None else key,
+            scope.encode() + b"\x00" + payload,
+            hashlib.sha256,
+        ).digest()[:_MAC_BYTES]
 
     def encode(self, scope: str, at: datetime, row_id: UUID) -> str:
         micros = (at - _EPOCH) // timedelta(microseconds=1)
@@ -65,7 +74,9 @@ class CursorCodec:
         except ValueError as exc:
             raise BadRequest("The cursor is not valid for this list.") from exc
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if len(payload) != 25 or not hmac.compare_digest(mac, self._mac(scope, payload)):
+        if len(payload) != 25 or not any(
+            hmac.compare_digest(mac, self._mac(scope, payload, key)) for key in self._keys
+        ):
             raise BadRequest("The cursor is not valid for this list.")
         if payload[0] != _VERSION:
             raise BadRequest("The cursor is from an older release; start the list again.")
