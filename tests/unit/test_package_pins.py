@@ -37,12 +37,23 @@ PLAY = f"""
         mode: '0644'
 """
 
-NOT_CLUSTER = ["openssh-server", "openssl", "libssl3t64", "sudo", "chrony", "libc6", "python3-psycopg2",
-               "libpq5", "postgresql-common", "prometheus-postgres-exporter", "docker.io"]
+NOT_CLUSTER = [
+    "openssh-server",
+    "openssl",
+    "libssl3t64",
+    "sudo",
+    "chrony",
+    "libc6",
+    "python3-psycopg2",
+    "libpq5",
+    "postgresql-common",
+    "prometheus-postgres-exporter",
+    "docker.io",
+]
 
 
 def pinned_packages() -> dict[str, tuple[list[str], str]]:
-    """Every apt_pin import in the roles' install tasks: pin name -> (packages, version variable)."""
+    """Every apt_pin import in the roles' install tasks: name -> (packages, version variable)."""
     pins: dict[str, tuple[list[str], str]] = {}
     for path in sorted(REPO.glob("roles/*/tasks/install.yml")):
         for task in yaml.safe_load(path.read_text()) or []:
@@ -77,8 +88,17 @@ def blacklist(text: str) -> list[str]:
 
 def test_every_tier_pins_its_cluster_packages() -> None:
     pins = pinned_packages()
-    assert set(pins) >= {"etcd", "redis", "postgresql", "patroni", "pgbackrest", "nginx", "prometheus",
-                         "alertmanager", "node_exporter"}, sorted(pins)
+    assert set(pins) >= {
+        "etcd",
+        "redis",
+        "postgresql",
+        "patroni",
+        "pgbackrest",
+        "nginx",
+        "prometheus",
+        "alertmanager",
+        "node_exporter",
+    }, sorted(pins)
     defaults: dict[str, object] = {}
     for path in REPO.glob("roles/*/defaults/main.yml"):
         defaults.update(yaml.safe_load(path.read_text()) or {})
@@ -91,7 +111,10 @@ def test_blacklist_holds_back_every_pinned_package_and_nothing_else(tmp_path: Pa
     patterns = blacklist(text)
     assert patterns, text
     # unattended-upgrades matches each entry with re.match against the package name.
-    held = lambda name: any(re.match(p, name) for p in patterns)  # noqa: E731
+
+    def held(name: str) -> bool:
+        return any(re.match(p, name) for p in patterns)
+
     pinned = [p for packages, _ in pinned_packages().values() for p in packages]
     assert [p for p in pinned if not held(p)] == [], patterns
     assert [p for p in NOT_CLUSTER if held(p)] == [], patterns
@@ -103,9 +126,16 @@ def test_rendered_settings_parse_with_apt_config(tmp_path: Path) -> None:
     text = rendered(tmp_path)
     tool = shutil.which("apt-config")
     if tool is None:
-        print("NOT RUN: apt-config is not installed on this controller; the role's validate: runs it on each host")
+        print(
+            "NOT RUN: apt-config is not installed on this controller; "
+            "the role's validate: runs it on each host"
+        )
         assert "Package-Blacklist" in text
         return
-    out = subprocess.run([tool, "-c", str(tmp_path / "52zapora-unattended-upgrades"), "dump"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [tool, "-c", str(tmp_path / "52zapora-unattended-upgrades"), "dump"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert 'Unattended-Upgrade::Package-Blacklist:: "patroni$";' in out, out
