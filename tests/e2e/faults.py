@@ -45,8 +45,13 @@ def patroni_leader(lab: Lab, spare: str = "") -> str:
     for host in lab.groups["postgres"]:
         if host == spare:
             continue
-        url = f"http://{lab.hosts[host].address}:8008/primary"
-        probe = f"python3 -c \"import urllib.request; urllib.request.urlopen('{url}', timeout=2)\""
+        # Patroni's REST API is HTTPS with a certificate from the internal CA.
+        url = f"https://{lab.hosts[host].address}:8008/primary"
+        probe = (
+            'python3 -c "import ssl, urllib.request; urllib.request.urlopen('
+            f"'{url}', timeout=2, context=ssl.create_default_context("
+            "cafile='/etc/postgresql/pki/ca.crt'))\""
+        )
         try:
             if lab.ssh(host, probe, check=False, timeout=15).returncode == 0:
                 return host
