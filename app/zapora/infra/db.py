@@ -8,7 +8,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -259,37 +259,36 @@ class Database:
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:
-    if not tracing_enabled():
-        return await (await conn.execute(sql, params)).fetchone()
     with _span(sql):
         cur = await conn.execute(sql, params)
         return await cur.fetchone()
 
 
 async def fetch_all(conn: Conn, sql: str, params: Params = ()) -> list[Row]:
-    if not tracing_enabled():
-        return await (await conn.execute(sql, params)).fetchall()
     with _span(sql):
         cur = await conn.execute(sql, params)
         return await cur.fetchall()
 
 
 async def execute(conn: Conn, sql: str, params: Params = ()) -> int:
-    if not tracing_enabled():
-        return (await conn.execute(sql, params)).rowcount
     with _span(sql):
         cur = await conn.execute(sql, params)
         return cur.rowcount
 
 
-@contextlib.contextmanager
-def _span(sql: str) -> Iterator[None]:
-    """The statement's client span; only with an exporter (setup_tracing): without one the
+_NO_SPAN = contextlib.nullcontext()
+
+
+def _span(sql: str) -> contextlib.AbstractContextManager[object]:
+    """The statement's client span, only with an exporter (setup_tracing): without one, the
     no-op span still cost a context attach and detach per statement."""
-    with tracer.start_as_current_span(_span_name(sql), kind=SpanKind.CLIENT) as span:
-        span.set_attribute("db.system", "postgresql")
-        span.set_attribute("db.statement", sql)
-        yield
+    if not tracing_enabled():
+        return _NO_SPAN
+    return tracer.start_as_current_span(
+        _span_name(sql),
+        kind=SpanKind.CLIENT,
+        attributes={"db.system": "postgresql", "db.statement": sql},
+    )
 
 
 def _span_name(sql: str) -> str:
