@@ -31,7 +31,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image api-image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-failover-drill bench-backup clean \
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-edge bench-rollout bench-failover bench-failover-drill bench-backup clean \
         sast audit load-test openapi release-id smoke stage promote
 
 help:  ## list the targets
@@ -215,6 +215,9 @@ bench: setup-test  ## API benchmarks (prints req/s, p50, p99)
 
 bench-lists: setup-test  ## list latency (p50/p99) of orders and audit events at 10k, 100k, 1M rows
 	python bench/lists.py
+
+bench-edge: setup  ## the edge's cost only: wrk on the edge host through TLS and the WAF vs straight to the active colour (the lab must be up)
+	python bench/rollout.py --edge-only
 
 bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
 	python bench/rollout.py

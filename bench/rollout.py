@@ -12,6 +12,7 @@ and each deploy's time from "idle colour ready" to "all edges switched".
 Then the edge's cost: wrk on the edge host, 10 s each, against the edge
 (https://127.0.0.1/menu-items, TLS and all) and straight to the active colour on one app
 host: the same cached GET from the same place, so the ratio is the edge's share.
+`--edge-only` (`make bench-edge`, about a minute) measures only that, without the deploys.
 
 For the run, `playbooks/edge.yml` exempts the controller (the lab's gateway) and the edge's
 loopback from the edge's rate limits (otherwise nearly every request is a 429 and the
@@ -142,9 +143,13 @@ def edge_limits(exempt: bool) -> None:
 
 
 def main() -> int:
+    edge_only = "--edge-only" in sys.argv[1:]
     print("rate limits: the controller and the edge's loopback are exempt for this run")
     edge_limits(exempt=True)
     try:
+        if edge_only:
+            edge_cost()
+            return 0
         return bench()
     finally:
         edge_limits(exempt=False)

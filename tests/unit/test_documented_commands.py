@@ -21,6 +21,7 @@ NOT_RUN = {
     "make bench": "a benchmark (minutes of load); its figures are in docs/performance.md",
     "make bench-lists": "a benchmark (builds 1M-row tables); figures in docs/performance.md",
     "make bench-rollout": "a benchmark (20 deploys under load); figures in docs/rollout.md",
+    "make bench-edge": "a benchmark (wrk on the lab's edge); figures in docs/performance.md",
     "make bench-failover": "a benchmark (data-tier faults under 4 order clients through the "
     "edge); figures in docs/failover.md",
     "make bench-failover-drill": "a benchmark (10 primary kills per mode); figures in "

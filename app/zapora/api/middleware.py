@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 from fastapi import HTTPException
 from loguru import logger
@@ -32,6 +33,9 @@ class RequestContextMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.trusted_proxy_hops = trusted_proxy_hops
+        # The labelled series of each (method, route, status) seen, looked up once: labels()
+        # builds, checks and locks on every call. Bounded by the routes' templates.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -125,8 +129,12 @@ class RequestContextMiddleware:
         elapsed = time.perf_counter() - started
         route_obj = scope.get("route")
         route = getattr(route_obj, "path", None) or "<unmatched>"
-        REQUESTS.labels(method, route, str(status)).inc()
-        DURATION.labels(method, route).observe(elapsed)
+        series = self._series.get((method, route, status))
+        if series is None:
+            series = (REQUESTS.labels(method, route, str(status)), DURATION.labels(method, route))
+            self._series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(elapsed)
         state = scope.get("state", {})
         access_line(
             f"{method} {route} {status}",

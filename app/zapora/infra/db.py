@@ -21,7 +21,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from zapora.infra.metrics import READ_RETRIES
-from zapora.infra.tracing import tracer
+from zapora.infra.tracing import tracer, tracing_enabled
 
 Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
@@ -259,27 +259,36 @@ class Database:
 
 
 async def fetch_one(conn: Conn, sql: str, params: Params = ()) -> Row | None:
-    with tracer.start_as_current_span(_span_name(sql), kind=SpanKind.CLIENT) as span:
-        span.set_attribute("db.system", "postgresql")
-        span.set_attribute("db.statement", sql)
+    with _span(sql):
         cur = await conn.execute(sql, params)
         return await cur.fetchone()
 
 
 async def fetch_all(conn: Conn, sql: str, params: Params = ()) -> list[Row]:
-    with tracer.start_as_current_span(_span_name(sql), kind=SpanKind.CLIENT) as span:
-        span.set_attribute("db.system", "postgresql")
-        span.set_attribute("db.statement", sql)
+    with _span(sql):
         cur = await conn.execute(sql, params)
         return await cur.fetchall()
 
 
 async def execute(conn: Conn, sql: str, params: Params = ()) -> int:
-    with tracer.start_as_current_span(_span_name(sql), kind=SpanKind.CLIENT) as span:
-        span.set_attribute("db.system", "postgresql")
-        span.set_attribute("db.statement", sql)
+    with _span(sql):
         cur = await conn.execute(sql, params)
         return cur.rowcount
+
+
+_NO_SPAN = contextlib.nullcontext()
+
+
+def _span(sql: str) -> contextlib.AbstractContextManager[object]:
+    """The statement's client span, only with an exporter (setup_tracing): without one, the
+    no-op span still cost a context attach and detach per statement."""
+    if not tracing_enabled():
+        return _NO_SPAN
+    return tracer.start_as_current_span(
+        _span_name(sql),
+        kind=SpanKind.CLIENT,
+        attributes={"db.system": "postgresql", "db.statement": sql},
+    )
 
 
 def _span_name(sql: str) -> str:
