@@ -57,7 +57,10 @@ def test_no_secret_in_process_lists_environments_logs_or_docker_inspect(lab: Lab
             sources["docker inspect"] = DOCKER
         for source, command in sources.items():
             out = lab.ssh(host, command, check=False, timeout=180)
-            assert out.stdout, f"{host}: {source} returned nothing ({out.stderr[:200]})"
+            # A Docker host may run no container yet (mon1 without image archives).
+            assert out.stdout or source == "docker inspect", (
+                f"{host}: {source} returned nothing ({out.stderr[:200]})"
+            )
             searched += len(out.stdout)
             blocks = out.stdout.split("@@ ") if source == "environ" else [out.stdout]
             for block in blocks:
