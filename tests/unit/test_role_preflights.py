@@ -239,3 +239,49 @@ def test_app_missing_image_archive_is_refused(tmp_path: Path) -> None:
     assert_refused(
         run, "app", ["app_image_archive", str(archive), "is not a file on the controller"]
     )
+
+
+# --- app: replicas and the autoscaler (preflight_scaling, in site.yml and deploy_start) ---
+
+
+def test_app_replica_settings_pass(tmp_path: Path) -> None:
+    run = run_role(
+        tmp_path,
+        "app",
+        "preflight_scaling",
+        {"app_replicas_min": 2, "app_replicas_max": 10, "app_autoscale_tolerance": 0},
+    )
+    assert_passed(run)
+    assert not run.task("app : Assert the colours' port ranges do not overlap").skipped
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"app_replicas_min": 0}, ["app_replicas_min", "1 <= app_replicas_min"]),
+        ({"app_replicas_min": 4, "app_replicas_max": 3}, ["app_replicas_min=4"]),
+        ({"app_replicas_max": 11}, ["app_replicas_max=11"]),
+        ({"app_replicas_max": "many"}, ["app_replicas_max=many"]),
+        ({"app_autoscale_cpu_target": 1.5}, ["app_autoscale_cpu_target", "1.5"]),
+        ({"app_autoscale_memory_target": 0}, ["app_autoscale_memory_target"]),
+        ({"app_autoscale_scale_down_window_seconds": "soon"}, ["scale_down_window_seconds"]),
+        (
+            {
+                "app_colour_ports": {
+                    "blue": {"api": 8001, "api_metrics": 9310, "worker_metrics": 9311,
+                             "api_extra": 8011, "api_metrics_extra": 9331},
+                    "green": {"api": 8002, "api_metrics": 9320, "worker_metrics": 9321,
+                              "api_extra": 8013, "api_metrics_extra": 9341},
+                }
+            },
+            ["app_colour_ports", "app_replicas_max=4"],
+        ),
+    ],
+    ids=["min-0", "min-over-max", "max-11", "max-word", "cpu-target-150",
+         "memory-target-0", "window-word", "ranges-overlap"],
+)  # fmt: skip
+def test_app_replica_settings_refused_naming_the_variable(
+    tmp_path: Path, change: dict[str, object], names: list[str]
+) -> None:
+    run = run_role(tmp_path, "app", "preflight_scaling", change)
+    assert_refused(run, "app", names)

@@ -148,7 +148,7 @@ def cpu_utilisation(previous: dict[str, Any], current: dict[str, Any], limit_cpu
     wall = current["at_ns"] - previous["at_ns"]
     if wall <= 0 or used < 0:
         return None
-    return used / wall / limit_cpus
+    return float(used / wall / limit_cpus)
 
 
 def memory_utilisation(stats: dict[str, Any]) -> float | None:
@@ -161,7 +161,7 @@ def memory_utilisation(stats: dict[str, Any]) -> float | None:
         return None
     detail = memory.get("stats") or {}
     inactive = detail.get("inactive_file", detail.get("total_inactive_file", 0))
-    return max(usage - inactive, 0) / limit
+    return float(max(usage - inactive, 0) / limit)
 
 
 # --- the host: Docker, nftables, state files ---------------------------------------------
