@@ -31,7 +31,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image api-image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-failover bench-backup clean \
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-rollout bench-autoscale bench-failover bench-backup clean \
         sast audit load-test openapi release-id smoke stage promote
 
 help:  ## list the targets
@@ -218,6 +218,9 @@ bench-lists: setup-test  ## list latency (p50/p99) of orders and audit events at
 
 bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
 	python bench/rollout.py
+
+bench-autoscale: setup  ## stepped load (low, high, low) through the lab's edge: replicas over time, req/s, p99 (the lab must be up)
+	python bench/autoscale.py
 
 bench-backup: setup  ## 1 GB database: full backup and restore time per repository, RPO under a trickle (the lab must be up)
 	python bench/backup.py $(BENCH_ARGS)

@@ -115,6 +115,11 @@ def _inventory() -> dict[str, object]:
 
 @pytest.fixture(scope="session")
 def lab() -> Lab:
+    return lab_from_inventory()
+
+
+def lab_from_inventory() -> Lab:
+    """The running lab as inventory/lab describes it (the `lab` fixture; benches call it)."""
     inv = _inventory()
     hostvars: dict[str, dict[str, object]] = inv["_meta"]["hostvars"]  # type: ignore[index]
     groups: dict[str, list[str]] = {}
