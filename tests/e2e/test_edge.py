@@ -1,8 +1,8 @@
 """The edge (nginx role) on the lab, probed from outside.
 
 Client addresses: the edge limits requests per client address (100/min, burst 20, the
-lab exempts only edge1's own loopback) and admits its admin UIs from the controller only, so each test
-says whose address it uses:
+lab exempts only edge1's own loopback) and admits its admin UIs from the controller only,
+so each test says whose address it uses:
 - the controller (10.77.0.1): 127.0.0.1:8443 and :8080 are edge1's 443 and 80
   (inventory/lab/hosts.yml). Most other e2e modules use the API from here, so only
   what needs the controller runs here: TLS handshakes and the admin UIs (neither is
