@@ -24,6 +24,10 @@ NOT_RUN = {
     "make bench-failover": "a benchmark (10 primary kills per mode); figures in docs/postgresql.md",
     "make bench-failover BENCH_ARGS=…": "the same benchmark with other arguments",
     "make bench-backup": "a benchmark (a 1 GB database per repository); docs/postgresql.md",
+    "make bench-autoscale": "a benchmark (minutes of stepped load through the edge); figures "
+    "in docs/scaling.md",
+    "playbooks/site.yml --tags app": "the app role's tasks alone, a subset of the site.yml run "
+    "make lab does in CI (which also installs and starts the autoscaler it configures)",
     "make test-e2e-full": "CI runs the same suite without its slow tests (make test-e2e-suite)",
     "make lock": "re-resolves every pin against PyPI and rewrites requirements/; run by hand",
     "make audit AUDIT_ONLINE=…": "pip-audit asks PyPI's vulnerability service about every "
