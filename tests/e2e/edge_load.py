@@ -48,10 +48,10 @@ def _ms(value: str) -> float:
 
 
 def parse_wrk(out: str) -> WrkResult:
-    done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
     if not done:
         raise AssertionError(f"wrk printed no summary:\n{out}")
-    seconds = float(done.group(2)) * (60 if done.group(3) == "m" else 1)
+    seconds = float(done.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[done.group(3)]
     p99 = re.search(r"^\s*99%\s+(\S+)", out, re.MULTILINE)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
