@@ -20,6 +20,8 @@ from tests.e2e.conftest import Lab, app_state
 from tests.e2e.edge_load import EdgeLoad, load_customer
 from tests.e2e.order_writer import OrderWriter
 
+pytestmark = pytest.mark.e2e
+
 SCALE_UP_LIMIT_S = 60
 LOAD_CAP_S = 90
 SCALE_DOWN_LIMIT_S = 240
