@@ -31,7 +31,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image api-image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-edge bench-rollout bench-failover bench-backup clean \
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-edge bench-rollout bench-failover bench-failover-drill bench-backup clean \
         sast audit load-test openapi release-id smoke stage promote
 
 help:  ## list the targets
@@ -227,5 +227,8 @@ bench-backup: setup  ## 1 GB database: full backup and restore time per reposito
 
 # The lab by default; any Patroni cluster's inventory with BENCH_INVENTORY=...
 BENCH_INVENTORY ?= $(LAB_INVENTORY)
-bench-failover: setup  ## 10 PostgreSQL primary kills per mode (sync, async) via failover-drill.yml: failover median/max, lost writes
-	python bench/failover.py --inventory $(BENCH_INVENTORY) $(BENCH_ARGS)
+bench-failover-drill: setup  ## 10 PostgreSQL primary kills per mode (sync, async) via failover-drill.yml: failover median/max, lost writes
+	python bench/failover_drill.py --inventory $(BENCH_INVENTORY) $(BENCH_ARGS)
+
+bench-failover: setup  ## faults of the lab's data tier under 4 order clients through the edge: longest client wait, failed requests, lost/doubled orders
+	python bench/failover.py $(BENCH_ARGS)

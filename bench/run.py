@@ -12,7 +12,8 @@ Beside the server's CPU per request it prints PostgreSQL's (postmaster and backe
 Redis's, per request of the same run.
 
 Environment: BENCH_SECONDS (default 10), BENCH_ROUNDS (3), BENCH_CONNECTIONS (32),
-ZAPORA_WORKERS (2).
+ZAPORA_WORKERS (2), BENCH_TLS (1: PostgreSQL and Redis speak TLS 1.3 only and the API
+verifies them, sslmode=verify-full and ZAPORA_REDIS_TLS_CA_FILE, as on the hosts).
 PostgreSQL runs with its durable defaults (fsync on), unlike the test suite's.
 """
 
@@ -45,6 +46,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 WORKERS = os.environ.get("ZAPORA_WORKERS", "2")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 PASSWORD = "benchmark password"
+TLS = os.environ.get("BENCH_TLS", "") == "1"
 
 
 def _servers_module() -> Any:
@@ -205,19 +207,20 @@ class Api:
 
 
 @contextmanager
-def api_server(prefix: str, **extra_env: str) -> Iterator[Api]:
+def api_server(prefix: str, tls: bool = False, **extra_env: str) -> Iterator[Api]:
     """Start PostgreSQL (durable) and Redis, migrate, seed, run the API under gunicorn with
     production settings and sign the bench customer in; everything stops on exit.
 
     The per-user write limit stays on (its Redis round trip is paid) but high enough that the
-    load is not answered 429. `extra_env` adds to or overrides the API's environment.
+    load is not answered 429. With `tls`, PostgreSQL and Redis speak TLS 1.3 only and the API
+    verifies them. `extra_env` adds to or overrides the API's environment.
     """
     servers_mod = _servers_module()
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     secret = tmp / "jwt"
     secret.write_text(secrets.token_hex(32))
     try:
-        with servers_mod.started(durable=True) as servers:
+        with servers_mod.started(durable=True, tls=tls) as servers:
             from zapora.migrate import upgrade
 
             upgrade(servers.primary.dsn())
@@ -231,6 +234,9 @@ def api_server(prefix: str, **extra_env: str) -> Iterator[Api]:
                 "ZAPORA_USER_WRITE_LIMIT_PER_MINUTE": "100000000",
                 **extra_env,
             }
+            if servers.ca:
+                env["ZAPORA_REDIS_TLS_CA_FILE"] = str(servers.ca)
+            print(f"TLS to PostgreSQL and Redis: {'on' if servers.ca else 'off'}")
             port = servers_mod.free_port()
             base = f"http://127.0.0.1:{port}"
             proc = gunicorn("zapora.api.app:create_app()", port, env, tmp / "prom-api")
@@ -305,7 +311,7 @@ def main() -> int:
         print("wrk is missing: `apt-get install wrk` (make setup installs it)", file=sys.stderr)
         return 2
     results: dict[str, Any] = {}
-    with api_server("zapora-bench-") as api:
+    with api_server("zapora-bench-", tls=TLS) as api:
         primary = api.servers.primary.proc
         assert primary is not None
         BACKENDS[:] = [primary.pid, api.servers.redis_proc.pid]

@@ -2,7 +2,8 @@
 # CI's end-to-end set against the running lab, in three pytest processes side by side:
 #   scripts/e2e-suite.sh RESULTS_DIR
 # - the data tier's files (test_database*, test_backup*, test_redis*: PostgreSQL, its
-#   backups, Redis), JUnit e2e-data.xml;
+#   backups, Redis; test_failover and test_upgrade, which hold the data tier alone),
+#   JUnit e2e-data.xml;
 # - every other file (the app tier: the edge, deploys, the hosts, monitoring), e2e.xml;
 # - the InstanceDown alert test, which is mostly waiting (the rule's `for: 2m`, then the
 #   resolve), e2e-alert.xml.
@@ -13,7 +14,8 @@
 set -uo pipefail
 results="$1"
 alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook"
-data_files=(tests/e2e/test_database*.py tests/e2e/test_backup*.py tests/e2e/test_redis*.py)
+data_files=(tests/e2e/test_database*.py tests/e2e/test_backup*.py tests/e2e/test_redis*.py
+            tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
 mkdir -p "$results"
 ignore_data=()
 for f in "${data_files[@]}"; do ignore_data+=(--ignore "$f"); done

@@ -7,7 +7,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values people paste from examples; refusing them outside development keeps a demo secret
@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     redis_sentinels: str = ""
     redis_sentinel_master: str = "zapora"
     redis_username: str | None = None
+    # TLS to Redis and the Sentinels: when set, this CA file verifies every server's
+    # certificate (its address must be in the certificate), TLS 1.3 only. Unset: plain TCP.
+    redis_tls_ca_file: Path | None = None
     # After each stream entry (XADD) wait until this many replicas have it (WAIT), at most
     # redis_wait_timeout_ms; an entry that misses the deadline is reported as not published.
     redis_wait_replicas: int = Field(default=0, ge=0)
@@ -153,6 +156,12 @@ class Settings(BaseSettings):
         if self.docs_enabled is not None:
             return self.docs_enabled
         return self.environment is not Environment.production
+
+    @field_validator("redis_tls_ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes an unset variable as "": plain TCP, not the current directory.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _load_secrets(self) -> Settings:

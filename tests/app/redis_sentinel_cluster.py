@@ -232,6 +232,9 @@ def started(data_nodes: int = 3, sentinels: int = 3, **overrides: Any) -> Iterat
         "inventory_hostname": "loopback",
         **{f"redis_{name}_password": pw for name, pw in PASSWORDS.items()},
         "redis_sentinel_quorum": min(2, sentinels),
+        # Plain TCP on loopback: the clients here (tests, bench/redis_failover.py) speak it;
+        # the API's TLS client is tested against a TLS-only Redis in test_redis_tls.py.
+        "redis_tls_enabled": False,
         **overrides,
     }
     for name in ("redis_zapora_commands", "redis_zapora_sentinel_commands"):

@@ -23,6 +23,36 @@ import psycopg
 import redis
 
 
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> Path:
+    """A throwaway CA (EC P-256, two days): NAME.key and NAME.crt in directory."""
+    key, crt = directory / f"{name}.key", directory / f"{name}.crt"
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key))
+    openssl(
+        "req", "-x509", "-new", "-key", str(key), "-subj", f"/CN={name}", "-days", "2",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-out", str(crt),
+    )  # fmt: skip
+    return crt
+
+
+def make_leaf(directory: Path, ca: str, name: str, san: str) -> tuple[Path, Path]:
+    """A server certificate for subjectAltName san, signed by make_ca's CA named ca."""
+    key, csr, crt = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(key))
+    openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(csr))
+    ext = directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n")
+    openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(directory / f"{ca}.crt"),
+        "-CAkey", str(directory / f"{ca}.key"), "-set_serial", "1", "-days", "2",
+        "-extfile", str(ext), "-out", str(crt),
+    )  # fmt: skip
+    return crt, key
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,9 +85,12 @@ class Postgres:
     port: int
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    # With TLS (started(tls=True)): the CA clients verify the server with.
+    ca: Path | None = None
 
     def dsn(self, db: str = "zapora") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+        tls = f"?sslmode=verify-full&sslrootcert={self.ca}" if self.ca else ""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}{tls}"
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -103,6 +136,8 @@ class Servers:
     standby: Postgres
     redis_port: int
     redis_proc: subprocess.Popen[bytes]
+    # With TLS: the CA file that verifies both servers (ZAPORA_REDIS_TLS_CA_FILE).
+    ca: Path | None = None
 
     @property
     def redis_url(self) -> str:
@@ -157,13 +192,21 @@ def wait_for_standby(primary: Postgres, standby: Postgres, timeout: float = 15) 
     raise RuntimeError("the standby did not catch up")
 
 
-def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    """A Redis on loopback that keeps nothing on disk: a restart starts it empty."""
+def start_redis(
+    port: int, directory: Path, tls: tuple[Path, Path, Path] | None = None
+) -> subprocess.Popen[bytes]:
+    """A Redis on loopback that keeps nothing on disk: a restart starts it empty. With tls
+    (certificate, key, CA) it listens with TLS 1.3 only, as the redis role runs it."""
+    listen = ["--port", str(port)]
+    if tls:
+        crt, key, ca = (str(p) for p in tls)
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", crt,
+                  "--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no",
+                  "--tls-protocols", "TLSv1.3"]  # fmt: skip
     proc = subprocess.Popen(
         [
             "/usr/bin/redis-server",
-            "--port",
-            str(port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -176,7 +219,13 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
+    # Only waits until it serves: the certificate's name is the callers' to check.
+    client = redis.Redis(
+        port=port,
+        ssl=bool(tls),
+        ssl_ca_certs=str(tls[2]) if tls else None,
+        ssl_check_hostname=False,
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -191,17 +240,27 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
 
 
 @contextlib.contextmanager
-def started(durable: bool = False) -> Iterator[Servers]:
+def started(durable: bool = False, tls: bool = False) -> Iterator[Servers]:
+    """tls: PostgreSQL and Redis accept TLS 1.3 only, with certificates from a throwaway CA
+    (PostgreSQL still admits plain local clients, as pg_hba does on the hosts)."""
     root = Path(tempfile.mkdtemp(prefix="zapora-test-"))
+    ca: Path | None = None
+    if tls:
+        ca = make_ca(root, "internal-ca")
+        crt, key = make_leaf(root, "internal-ca", "server", "IP:127.0.0.1")
     if os.geteuid() == 0:
         pg = pwd.getpwnam("postgres")
         os.chown(root, pg.pw_uid, pg.pw_gid)
+        if tls:
+            os.chown(key, pg.pw_uid, pg.pw_gid)
+            os.chown(root / "internal-ca.crt", pg.pw_uid, pg.pw_gid)
+            os.chown(crt, pg.pw_uid, pg.pw_gid)
     log = root / "postgres.log"
-    primary = Postgres(root / "primary", free_port(), log)
-    standby = Postgres(root / "standby", free_port(), root / "standby.log")
+    primary = Postgres(root / "primary", free_port(), log, ca=ca)
+    standby = Postgres(root / "standby", free_port(), root / "standby.log", ca=ca)
     redis_port = free_port()
-    redis_proc = start_redis(redis_port, root)
-    servers = Servers(root, primary, standby, redis_port, redis_proc)
+    redis_proc = start_redis(redis_port, root, (crt, key, ca) if ca else None)
+    servers = Servers(root, primary, standby, redis_port, redis_proc, ca)
     try:
         _run(
             [
@@ -222,6 +281,11 @@ def started(durable: bool = False) -> Iterator[Servers]:
             conf.write(_CONF.format(sock=primary.data))
             if not durable:
                 conf.write(_FAST_CONF)
+            if ca:
+                conf.write(
+                    f"ssl = on\nssl_cert_file = '{crt}'\nssl_key_file = '{key}'\n"
+                    "ssl_min_protocol_version = 'TLSv1.3'\n"
+                )
         (primary.data / "pg_hba.conf").write_text(_HBA)
         primary.start()
         with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:

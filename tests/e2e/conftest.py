@@ -116,6 +116,12 @@ def _inventory() -> dict[str, object]:
 
 @pytest.fixture(scope="session")
 def lab() -> Lab:
+    return load_lab()
+
+
+def load_lab() -> Lab:
+    """The lab's hosts and groups from inventory/lab, asserting the lab is up (the `lab`
+    fixture; benches under bench/ call it directly)."""
     inv = _inventory()
     hostvars: dict[str, dict[str, object]] = inv["_meta"]["hostvars"]  # type: ignore[index]
     groups: dict[str, list[str]] = {}

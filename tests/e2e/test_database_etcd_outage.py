@@ -51,11 +51,14 @@ def leader(lab: Lab) -> str:
 def patroni_status(lab: Lab, host: str) -> dict[str, object]:
     """GET /patroni on the host's REST API, asked on the host itself (the firewall lets
     only the database hosts reach the port)."""
-    url = f"http://{lab.hosts[host].address}:8008/patroni"
+    url = f"https://{lab.hosts[host].address}:8008/patroni"
+    # HTTPS, verified with the internal CA the host holds.
+    ctx = "ssl.create_default_context(cafile='/etc/postgresql/pki/ca.crt')"
     out = lab.ssh(
         host,
-        "python3 -c 'import sys, urllib.request; "
-        f'sys.stdout.write(urllib.request.urlopen("{url}", timeout=5).read().decode())\'',
+        "python3 -c 'import ssl, sys, urllib.request; "
+        f'sys.stdout.write(urllib.request.urlopen("{url}", timeout=5, context={ctx})'
+        ".read().decode())'",
         check=False,
     )
     result: dict[str, object] = json.loads(out.stdout) if out.returncode == 0 else {}

@@ -38,6 +38,9 @@ PASS_DIR = "/root/.zapora-e2e-redis"
 BACKUP = "/usr/local/sbin/zapora-redis-backup"
 SCRATCH_PORT = 6390  # the restore tasks use 6391 (playbooks/redis-restore.yml)
 MARK = "----e2e-reply-end----"
+# Redis and Sentinel speak TLS only (redis_tls_enabled); the probe host is a Sentinel, so
+# it holds the internal CA's certificate the role wrote.
+TLS = "--tls --cacert /etc/redis/tls/ca.crt"
 FAILOVER_BOUND_S = 15.0
 T = TypeVar("T")
 
@@ -53,7 +56,7 @@ class Call:
 
 
 def _cli(call: Call) -> str:
-    base = f"redis-cli --no-auth-warning --raw -h {call.address} -p {call.port}"
+    base = f"redis-cli --no-auth-warning --raw -h {call.address} -p {call.port} {TLS}"
     if call.user is None:
         # Nothing in the environment may log the probe in: it must arrive as nobody.
         return f"env -u REDISCLI_AUTH {base}"
@@ -319,7 +322,7 @@ def test_the_api_user_runs_what_the_api_needs(lab: Lab, client: str, pair: Pair)
         assert replies[3:] == ["1", "v", "1", "3", "1"], replies
         # PUBLISH counts its receivers: a SUBSCRIBE of the API user must get the message.
         channel, message = f"menu-items:e2e:{tag}", f"hello-{tag}"
-        cli = f"redis-cli --no-auth-warning --raw -h {pair.primary} -p {PORT} --user zapora"
+        cli = f"redis-cli --no-auth-warning --raw -h {pair.primary} -p {PORT} {TLS} --user zapora"
         out = lab.ssh(
             client,
             f'export REDISCLI_AUTH="$(cat {PASS_DIR}/zapora.pass)"; f=$(mktemp); '

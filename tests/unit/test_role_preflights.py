@@ -239,3 +239,42 @@ def test_app_missing_image_archive_is_refused(tmp_path: Path) -> None:
     assert_refused(
         run, "app", ["app_image_archive", str(archive), "is not a file on the controller"]
     )
+
+
+# --- app: the PostgreSQL proxy and Redis WAIT settings (tasks_from preflight) ----------
+
+APP_SECRETS: dict[str, object] = {
+    "app_jwt_secret": "unit-jwt-0123456789abcdef0123456789abcdef",
+    "app_postgres_app_password": "Qm7xT2vK9pL4wR8nZ3cB",
+    "app_postgres_owner_password": "Hs5dN8fJ2gY6tU1eW4qA",
+    "app_redis_password": "Xk3vB7mP1zL9cR5tQ2wE",
+    "app_postgres_hosts": ["10.0.0.31", "10.0.0.32"],
+}
+
+
+def test_app_proxy_and_wait_defaults_pass(tmp_path: Path) -> None:
+    run = run_role(tmp_path, "app", "preflight", APP_SECRETS)
+    assert_passed(run)
+    check = run.task("app : Assert the PostgreSQL proxy and Redis WAIT settings are usable")
+    assert not check.skipped, run.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "names"),
+    [
+        (
+            {"app_postgres_proxy_ports": {"primary": 5000, "replica": 5000}},
+            ["app_postgres_proxy_ports"],
+        ),
+        ({"app_postgres_proxy_ports": {"primary": 5000}}, ["app_postgres_proxy_ports"]),
+        ({"app_postgres_proxy_name": "not a name!"}, ["app_postgres_proxy_name", "not a name!"]),
+        ({"app_postgres_proxy": "maybe"}, ["app_postgres_proxy must be true or false"]),
+        ({"app_postgres_proxy_fall": 0}, ["app_postgres_proxy_fall"]),
+        ({"app_redis_wait_replicas": "one"}, ["app_redis_wait_replicas", "one"]),
+    ],
+)
+def test_app_proxy_and_wait_settings_refused_naming_the_variable(
+    tmp_path: Path, setting: dict[str, object], names: list[str]
+) -> None:
+    run = run_role(tmp_path, "app", "preflight", {**APP_SECRETS, **setting})
+    assert_refused(run, "app", names)

@@ -10,6 +10,7 @@ failover.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, cast
 
 from opentelemetry.trace import SpanKind
@@ -68,6 +69,27 @@ def parse_sentinels(value: str) -> list[tuple[str, int]]:
     return addresses
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py's TLS arguments: the server's certificate verified against the internal CA
+    and its name (the address connected to), TLS 1.3 only; none without a CA file. A URL
+    client takes them with the rediss:// scheme (redis_url_of), a Sentinel one with ssl."""
+    if settings.redis_tls_ca_file is None:
+        return {}
+    return {
+        "ssl_ca_certs": str(settings.redis_tls_ca_file),
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_3,
+    }
+
+
+def redis_url_of(settings: Settings) -> str:
+    """redis_url, with the rediss:// scheme when TLS is on."""
+    if settings.redis_tls_ca_file is not None and settings.redis_url.startswith("redis://"):
+        return "rediss://" + settings.redis_url.removeprefix("redis://")
+    return settings.redis_url
+
+
 def redis_from_settings(settings: Settings) -> TracedRedis:
     """The API's client: through Sentinel when redis_sentinels is set, else redis_url."""
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
@@ -76,6 +98,7 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
         "password": password,
         "socket_timeout": settings.redis_socket_timeout_seconds,
         "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+        **tls_options(settings),
     }
     # A dropped connection is retried once at once on a fresh one (a pooled connection the
     # server closed, or one to a demoted primary: with Sentinel the reconnect asks for the
@@ -88,9 +111,14 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
     retry = BreakerRetry(ExponentialBackoff(cap=1.0, base=0.1), settings.redis_retries, breaker)
     client: TracedRedis
     if settings.redis_sentinels:
+        ssl_on: dict[str, Any] = {"ssl": True} if settings.redis_tls_ca_file is not None else {}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             parse_sentinels(settings.redis_sentinels),
-            sentinel_kwargs={**common, "socket_timeout": settings.redis_connect_timeout_seconds},
+            sentinel_kwargs={
+                **common,
+                **ssl_on,
+                "socket_timeout": settings.redis_connect_timeout_seconds,
+            },
         )
         client = cast(
             TracedRedis,
@@ -102,13 +130,14 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
                 health_check_interval=30,
                 retry=retry,
                 **common,
+                **ssl_on,
             ),
         )
     else:
         client = cast(
             TracedRedis,
             TracedRedis.from_url(
-                settings.redis_url,
+                redis_url_of(settings),
                 decode_responses=False,
                 health_check_interval=30,
                 retry=retry,
