@@ -82,7 +82,7 @@ def _still_open(conn: Conn) -> bool:
 
 
 def _pool(
-    dsn: str, min_size: int, max_size: int, name: str, timeout: float
+    dsn: str, min_size: int, max_size: int, name: str, timeout: float, reconnect_timeout: float
 ) -> AsyncConnectionPool[Conn]:
     return AsyncConnectionPool(
         dsn,
@@ -94,6 +94,11 @@ def _pool(
         name=name,
         open=False,
         max_idle=300,
+        # psycopg_pool retries a failed connect after 1, 2, 4, 8... s until this runs out,
+        # then gives the attempt up; a request that then finds the pool empty starts a new
+        # one at once. Its default (300 s) let the delay grow to 8-16 s during a failover,
+        # so the first connect after the election could come that late.
+        reconnect_timeout=reconnect_timeout,
     )
 
 
@@ -108,10 +113,15 @@ class Database:
         replica_retry_seconds: float = 5.0,
         timeout: float = 5.0,
         deadline: float = 0.0,
+        reconnect_timeout: float = 2.0,
     ) -> None:
-        self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout)
+        self.primary = _pool(
+            primary_dsn, min_size, max_size, "primary", timeout, reconnect_timeout
+        )
         self.replica = (
-            _pool(replica_dsn, min_size, max_size, "replica", timeout) if replica_dsn else None
+            _pool(replica_dsn, min_size, max_size, "replica", timeout, reconnect_timeout)
+            if replica_dsn
+            else None
         )
         # Longest a connection stays checked out before it is severed (0: no limit).
         self.deadline = deadline
