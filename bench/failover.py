@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from tests.e2e.conftest import (  # noqa: E402
 )
 from tests.e2e.faults import (  # noqa: E402
     docker,
+    etcd_leader,
     patroni_leader,
     patroni_whole,
     redis_primary,
@@ -166,6 +168,8 @@ def fault(lab: Lab, name: str, fault_s: float) -> dict[str, object]:
     if name in ("kill", "pause"):
         host = patroni_leader(lab)
         seen["host"] = host
+        # When the host also leads etcd, etcd's new leader renews Patroni's lease: +ttl.
+        seen["etcd_leader"] = etcd_leader(lab)
         docker("kill" if name == "kill" else "pause", lab.container(host))
         new = ""
         while time.monotonic() - started < fault_s:
@@ -240,6 +244,8 @@ def run_fault(lab: Lab, name: str, args: argparse.Namespace) -> tuple[bool, floa
             if "new_leader" in seen
             else ""
         )
+        + (f", etcd leader was {seen['etcd_leader']}" if "etcd_leader" in seen else "")
+        + f", load average {os.getloadavg()[0]:.1f}"
         + ("" if ok else "  MISSED"),
         flush=True,
     )
