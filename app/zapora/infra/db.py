@@ -115,9 +115,7 @@ class Database:
         deadline: float = 0.0,
         reconnect_timeout: float = 2.0,
     ) -> None:
-        self.primary = _pool(
-            primary_dsn, min_size, max_size, "primary", timeout, reconnect_timeout
-        )
+        self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout, reconnect_timeout)
         self.replica = (
             _pool(replica_dsn, min_size, max_size, "replica", timeout, reconnect_timeout)
             if replica_dsn
