@@ -17,7 +17,12 @@ worker_class = "uvicorn_worker.UvicornWorker"
 # On SIGTERM gunicorn stops accepting and gives in-flight requests this long to finish.
 graceful_timeout = int(os.environ.get("ZAPORA_GRACEFUL_TIMEOUT", "30"))
 timeout = 60
-keepalive = 5
+# An idle keep-alive connection is closed after this long. Longer than the edge keeps its
+# idle upstream connections (nginx's upstream keepalive_timeout, 60 s by default), so
+# nginx always closes first: with 5 s, nginx could reuse a connection at the moment the
+# API closed it and answer a POST 502 ("upstream prematurely closed connection"; seen in
+# a failover bench whose clients paused 5 s between retries). nginx does not resend a POST.
+keepalive = 75
 accesslog = None
 # gunicorn's own lines (boot, worker exits, timeouts) join the same JSON stream on stdout.
 logconfig_dict: dict[str, Any] = {

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     # A request waits this long for a database connection, then gets 503 + Retry-After.
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A connection the pool failed to open is retried with a doubling delay (1, 2, 4 s...)
+    # for at most this long, then given up; the next request that finds the pool empty
+    # starts a fresh attempt at once. Short, so that after a failover's 10-20 s without a
+    # primary the first connect is not 8-16 s away (psycopg_pool's default: 300 s).
+    db_reconnect_timeout_seconds: float = Field(default=2.0, gt=0)
     # A peer that vanished or froze: TCP keepalives probe an idle connection after
     # keepalives_idle s, every keepalives_interval s, keepalives_count times; data unacknowledged
     # for db_tcp_user_timeout_ms ends the connection. Added to both URLs unless they set them.

@@ -13,6 +13,8 @@ import psycopg
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from zapora.api.problems import RETRY_AFTER_SECONDS
+
 from .conftest import Catalog, People
 
 
@@ -113,7 +115,7 @@ def test_write_is_not_repeated_when_its_backend_dies(
         release_first=False,
     )
     assert r.status_code == 503, r.text
-    assert r.headers["retry-after"] == "5"
+    assert r.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
     assert _retries() == before
     row = db.execute("SELECT status FROM orders WHERE id = %s", (order_id,)).fetchone()
     assert row == {"status": "pending"}

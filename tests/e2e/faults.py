@@ -15,6 +15,11 @@ from collections.abc import Callable
 from tests.e2e.conftest import Lab
 
 PATRONICTL = "patronictl -c /etc/patroni/config.yml"
+ETCDCTL = (
+    "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/pki/ca.crt"
+    " --cert=/etc/etcd/pki/member.crt --key=/etc/etcd/pki/member.key"
+    " --dial-timeout=3s --command-timeout=5s"
+)
 SENTINEL_CONF = "/etc/redis/zapora-sentinel/sentinel.conf"
 
 
@@ -69,6 +74,19 @@ def patroni_whole(lab: Lab) -> bool:
         and roles.count("Leader") == 1
         and all(m["State"] == "streaming" for m in members if m["Role"] != "Leader")
     )
+
+
+def etcd_leader(lab: Lab) -> str:
+    """The etcd member (its name, the inventory host) that leads etcd's Raft, asked on the
+    first etcd host ("" when it does not answer)."""
+    on = lab.groups["etcd"][0]
+    status = lab.ssh(on, f"{ETCDCTL} endpoint status -w json", check=False, timeout=30)
+    members = lab.ssh(on, f"{ETCDCTL} member list -w json", check=False, timeout=30)
+    if status.returncode != 0 or members.returncode != 0:
+        return ""
+    leader = json.loads(status.stdout)[0]["Status"]["leader"]
+    names = {m["ID"]: str(m.get("name", "")) for m in json.loads(members.stdout)["members"]}
+    return names.get(leader, "")
 
 
 def redis_primary(lab: Lab) -> str:

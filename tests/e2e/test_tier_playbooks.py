@@ -27,17 +27,11 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import INVENTORY, REPO, Lab, run_documented
+from tests.e2e.faults import ETCDCTL, PATRONICTL
 from tests.e2e.test_database import client, psql  # noqa: F401 - the client fixture
 from tests.e2e.test_site_idempotent import assert_nothing_changed
 
 pytestmark = pytest.mark.e2e
-
-PATRONICTL = "patronictl -c /etc/patroni/config.yml"
-ETCDCTL = (
-    "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/pki/ca.crt"
-    " --cert=/etc/etcd/pki/member.crt --key=/etc/etcd/pki/member.key"
-    " --dial-timeout=3s --command-timeout=5s"
-)
 
 
 def timed(

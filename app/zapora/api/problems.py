@@ -114,7 +114,12 @@ async def _http(request: Request, exc: Exception) -> ProblemResponse:
 
 # A dependency that is down or unreachable: the client should retry later, not report a bug.
 UNAVAILABLE = ANY_UNAVAILABLE
-RETRY_AFTER_SECONDS = 5
+# 1 s: what makes a dependency unavailable is a failover or a restart, which ends at a
+# moment the API cannot foresee, and the request itself already waited (the pool's
+# timeout, 5 s). With 5 s, clients that honour it waited up to 5 s more after a failover's
+# new primary was up (bench/failover.py, docs/failover.md); the edge's rate limit bounds
+# what a client that retries every second costs.
+RETRY_AFTER_SECONDS = 1
 
 
 def unavailable(detail: str = "A service this request needs is unavailable.") -> ProblemResponse:

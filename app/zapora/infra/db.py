@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from zapora.infra.metrics import READ_RETRIES
 from zapora.infra.tracing import tracer, tracing_enabled
@@ -81,8 +81,16 @@ def _still_open(conn: Conn) -> bool:
     return not readable
 
 
+async def _keep_trying(pool: AsyncConnectionPool[Conn]) -> None:
+    """A connection attempt ran out of reconnect_timeout: start a fresh one at once
+    (`check()` grows a pool that has room), so that while the database is away the pool
+    tries every second or two on its own, not only when a request comes to wait."""
+    with contextlib.suppress(PoolClosed):
+        await pool.check()
+
+
 def _pool(
-    dsn: str, min_size: int, max_size: int, name: str, timeout: float
+    dsn: str, min_size: int, max_size: int, name: str, timeout: float, reconnect_timeout: float
 ) -> AsyncConnectionPool[Conn]:
     return AsyncConnectionPool(
         dsn,
@@ -94,6 +102,12 @@ def _pool(
         name=name,
         open=False,
         max_idle=300,
+        # psycopg_pool retries a failed connect after 1, 2, 4, 8... s until this runs out,
+        # then gives the attempt up, and _keep_trying starts a new one at once. Its default
+        # (300 s) let the delay grow to 8-16 s during a failover, so the first connect after
+        # the election could come that late.
+        reconnect_timeout=reconnect_timeout,
+        reconnect_failed=_keep_trying,
     )
 
 
@@ -108,10 +122,13 @@ class Database:
         replica_retry_seconds: float = 5.0,
         timeout: float = 5.0,
         deadline: float = 0.0,
+        reconnect_timeout: float = 2.0,
     ) -> None:
-        self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout)
+        self.primary = _pool(primary_dsn, min_size, max_size, "primary", timeout, reconnect_timeout)
         self.replica = (
-            _pool(replica_dsn, min_size, max_size, "replica", timeout) if replica_dsn else None
+            _pool(replica_dsn, min_size, max_size, "replica", timeout, reconnect_timeout)
+            if replica_dsn
+            else None
         )
         # Longest a connection stays checked out before it is severed (0: no limit).
         self.deadline = deadline

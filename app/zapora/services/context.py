@@ -55,6 +55,7 @@ class Infra:
                 replica_wait_seconds=settings.replica_wait_seconds,
                 replica_retry_seconds=settings.replica_retry_seconds,
                 timeout=settings.db_pool_timeout_seconds,
+                reconnect_timeout=settings.db_reconnect_timeout_seconds,
                 deadline=settings.db_request_deadline_seconds,
             ),
             redis=redis_from_settings(settings),
