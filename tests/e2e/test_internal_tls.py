@@ -106,8 +106,9 @@ def plain_replies(lab: Lab, client: str) -> dict[str, str]:
 def refused_in_clear(kind: str, reply: str) -> bool:
     """The server turned a plaintext client away: PostgreSQL with pg_hba's "no encryption"
     error, Redis and Python's TLS by closing or resetting the connection (or a TLS alert),
-    Go's TLS (etcd, the exporters) with its fixed 400 naming an HTTPS server. A plain server would have
-    answered the request (+PONG / -NOAUTH, HTTP/1.x 200 or 401, an auth request)."""
+    Go's TLS (etcd, the exporters) with its fixed 400 naming an HTTPS server. A plain
+    server would have answered the request (+PONG / -NOAUTH, HTTP/1.x 200 or 401, an auth
+    request)."""
     if reply in ("refused", "filtered"):
         return False  # nothing listens, or the firewall: proves nothing about TLS
     if kind == "postgres":

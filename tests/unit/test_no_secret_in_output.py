@@ -11,8 +11,10 @@ task that is given a secret variable (in its arguments, its template's source, o
 messages an assert, debug or fail prints) carries `no_log: true`, unless EXCEPTIONS says
 why it need not. Only includes and meta tasks print nothing of what they are given (the
 tasks they include are read themselves); an assert's `that` prints as written, never
-its values. The canary tests run real task files of two roles on
-the controller with a known secret and search the output for it.
+its values. The canary tests run the real tasks issue 20 names (Patroni's settings,
+Redis's and Sentinel's configuration, alertmanager.yml, pgBackRest's repositories through
+its preflight) on the controller with a known secret under --diff -v and search the output
+for it.
 """
 
 from __future__ import annotations
@@ -379,6 +381,22 @@ RENDER_CASES = [
             "redis_primary_address": "10.0.0.4",
             "redis_sentinel_password": CANARY,
             "redis_zapora_password": CANARY,
+        },
+    ),
+    (
+        "postgresql",
+        "patroni.yml",
+        "Write Patroni's settings",
+        {
+            "postgresql_address": "10.0.0.5",
+            "postgresql_etcd_group": "all",
+            "postgresql_etcd_client_port": 2379,
+            "postgresql_dcs_config": {"ttl": 20},
+            "postgresql_parameters": {},
+            "postgresql_hba": [],
+            "postgresql_superuser_password": CANARY,
+            "postgresql_replication_password": CANARY,
+            "postgresql_patroni_restapi_password": CANARY,
         },
     ),
     (
