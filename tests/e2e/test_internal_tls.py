@@ -6,9 +6,10 @@ day is flagged by TlsCertificateExpiresSoon and renewed by the next run of its t
 Each probe runs on a host the firewall admits to that port (an app host for PostgreSQL,
 Redis and Sentinel; mon1, the monitoring host and an etcd member, for Patroni's REST API,
 etcd and the exporters it scrapes: node_exporter on a database and an app host,
-postgres_exporter, redis_exporter, etcd's metrics listener, nginx's exporter), so a
-refusal is the server's, not the firewall's. Not covered: mtail on the edge (3903, no
-TLS in Debian's mtail) and Prometheus's and Alertmanager's own UIs (docs/architecture.md)."""
+postgres_exporter, redis_exporter, etcd's metrics listener, the edge's exporter and its
+mtail behind nginx), so a refusal is the server's, not the firewall's. Not covered:
+Prometheus's and Alertmanager's own UIs, plain HTTP to the monitoring and admin hosts
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ ENDPOINTS = [
     ("mon1", "db1", 9187, "http"),  # postgres_exporter
     ("mon1", "db1", 9121, "http"),  # redis_exporter
     ("mon1", "edge1", 9113, "http"),  # nginx's exporter
+    ("mon1", "edge1", 3903, "http"),  # mtail, behind nginx
 ]
 
 # One plaintext exchange per endpoint: connect, send what a plain client would, read the
@@ -106,16 +108,16 @@ def plain_replies(lab: Lab, client: str) -> dict[str, str]:
 def refused_in_clear(kind: str, reply: str) -> bool:
     """The server turned a plaintext client away: PostgreSQL with pg_hba's "no encryption"
     error, Redis and Python's TLS by closing or resetting the connection (or a TLS alert),
-    Go's TLS (etcd, the exporters) with its fixed 400 naming an HTTPS server. A plain
-    server would have answered the request (+PONG / -NOAUTH, HTTP/1.x 200 or 401, an auth
-    request)."""
+    Go's TLS (etcd, the exporters) with its fixed 400 naming an HTTPS server, nginx with
+    its 400 for a plain request on an HTTPS port. A plain server would have answered the
+    request (+PONG / -NOAUTH, HTTP/1.x 200 or 401, an auth request)."""
     if reply in ("refused", "filtered"):
         return False  # nothing listens, or the firewall: proves nothing about TLS
     if kind == "postgres":
         return "no encryption" in reply
     if reply in ("", "reset") or reply.startswith("\x15"):
         return True
-    return kind == "http" and "HTTPS server" in reply
+    return kind == "http" and ("HTTPS server" in reply or "sent to HTTPS port" in reply)
 
 
 def test_a_plaintext_client_is_turned_away_on_every_internal_port(lab: Lab) -> None:
