@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import shlex
 import shutil
 import ssl
 import subprocess
@@ -95,6 +96,27 @@ def on_every(lab: Lab, hosts: list[str], command: str) -> None:
     with ThreadPoolExecutor(len(hosts)) as pool:
         for done in [pool.submit(lab.ssh, h, command) for h in hosts]:
             done.result()
+
+
+# The exporters serve HTTPS only (TLS 1.3, internal-CA certificates): fetched on the
+# monitoring host the way Prometheus scrapes them, verified against the CA it holds.
+SCRAPE_PROBE = r"""
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile="/etc/prometheus/internal-ca.crt")
+ctx.load_cert_chain("/etc/prometheus/tls/prometheus.crt", "/etc/prometheus/tls/prometheus.key")
+print(json.dumps({u: urllib.request.urlopen(u, timeout=10, context=ctx).read().decode()
+                  for u in sys.argv[1:]}))
+"""
+
+
+def scrape(lab: Lab, *urls: str) -> dict[str, str]:
+    """Each URL's body as the monitoring host's Prometheus gets it (its CA, its client
+    certificate); a refused or unverified TLS connection fails the call."""
+    host = lab.groups["monitoring"][0]
+    args = " ".join(shlex.quote(u) for u in urls)
+    out = lab.ssh(host, f"python3 -c {shlex.quote(SCRAPE_PROBE)} {args}", timeout=90).stdout
+    bodies: dict[str, str] = json.loads(out)
+    return bodies
 
 
 def venv_tool(name: str) -> str:

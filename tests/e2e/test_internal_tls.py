@@ -4,10 +4,12 @@ completes TLS 1.3 verified by the internal CA, and a certificate made to expire 
 day is flagged by TlsCertificateExpiresSoon and renewed by the next run of its tier.
 
 Each probe runs on a host the firewall admits to that port (an app host for PostgreSQL,
-Redis and Sentinel; mon1, an etcd member that scrapes Patroni, for Patroni's REST API
-and etcd), so a refusal is the server's, not the firewall's. Not covered here: the
-exporters' metrics ports (node, postgres, redis exporters and etcd's metrics listener
-still serve plain HTTP, docs/architecture.md says so)."""
+Redis and Sentinel; mon1, the monitoring host and an etcd member, for Patroni's REST API,
+etcd and the exporters it scrapes: node_exporter on a database and an app host,
+postgres_exporter, redis_exporter, etcd's metrics listener, the edge's exporter and its
+mtail behind nginx), so a refusal is the server's, not the firewall's. Not covered:
+Prometheus's and Alertmanager's own UIs, plain HTTP to the monitoring and admin hosts
+(docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app", "data"))]
 # The internal CA's certificate as each probing host holds it (the app role's Compose
 # secret; the etcd member's copy).
 CA_ON = {"app1": "/etc/zapora/secrets/internal_ca", "mon1": "/etc/etcd/pki/ca.crt"}
-# etcd asks its clients for a certificate: mon1 shows its member certificate.
-ETCD_CLIENT = "-cert /etc/etcd/pki/member.crt -key /etc/etcd/pki/member.key"
+# etcd asks its clients for a certificate: mon1 shows its member certificate on the
+# client and peer ports, Prometheus's on the metrics port (as its scrapes do).
+CLIENT_CERT = {
+    2379: "-cert /etc/etcd/pki/member.crt -key /etc/etcd/pki/member.key",
+    2380: "-cert /etc/etcd/pki/member.crt -key /etc/etcd/pki/member.key",
+    2381: "-cert /etc/prometheus/tls/prometheus.crt -key /etc/prometheus/tls/prometheus.key",
+}
 
 # (probing host, target host, port, what a plaintext client sends)
 ENDPOINTS = [
@@ -41,6 +48,13 @@ ENDPOINTS = [
     ("mon1", "db2", 8008, "http"),
     ("mon1", "db1", 2379, "http"),
     ("mon1", "db1", 2380, "http"),
+    ("mon1", "db1", 2381, "http"),  # etcd's metrics
+    ("mon1", "db1", 9100, "http"),  # node_exporter
+    ("mon1", "app1", 9100, "http"),
+    ("mon1", "db1", 9187, "http"),  # postgres_exporter
+    ("mon1", "db1", 9121, "http"),  # redis_exporter
+    ("mon1", "edge1", 9113, "http"),  # nginx's exporter
+    ("mon1", "edge1", 3903, "http"),  # mtail, behind nginx
 ]
 
 # One plaintext exchange per endpoint: connect, send what a plain client would, read the
@@ -94,15 +108,16 @@ def plain_replies(lab: Lab, client: str) -> dict[str, str]:
 def refused_in_clear(kind: str, reply: str) -> bool:
     """The server turned a plaintext client away: PostgreSQL with pg_hba's "no encryption"
     error, Redis and Python's TLS by closing or resetting the connection (or a TLS alert),
-    Go's TLS (etcd) with its fixed 400 naming an HTTPS server. A plain server would have
-    answered the request (+PONG / -NOAUTH, HTTP/1.x 200 or 401, an auth request)."""
+    Go's TLS (etcd, the exporters) with its fixed 400 naming an HTTPS server, nginx with
+    its 400 for a plain request on an HTTPS port. A plain server would have answered the
+    request (+PONG / -NOAUTH, HTTP/1.x 200 or 401, an auth request)."""
     if reply in ("refused", "filtered"):
         return False  # nothing listens, or the firewall: proves nothing about TLS
     if kind == "postgres":
         return "no encryption" in reply
     if reply in ("", "reset") or reply.startswith("\x15"):
         return True
-    return kind == "http" and "HTTPS server" in reply
+    return kind == "http" and ("HTTPS server" in reply or "sent to HTTPS port" in reply)
 
 
 def test_a_plaintext_client_is_turned_away_on_every_internal_port(lab: Lab) -> None:
@@ -118,7 +133,7 @@ def test_a_plaintext_client_is_turned_away_on_every_internal_port(lab: Lab) -> N
 def s_client(lab: Lab, client: str, target: str, port: int, version: str) -> tuple[int, str]:
     address = lab.hosts[target].address
     extra = "-starttls postgres" if port == 5432 else ""
-    extra += f" {ETCD_CLIENT}" if port in (2379, 2380) else ""
+    extra += f" {CLIENT_CERT[port]}" if port in CLIENT_CERT else ""
     cmd = (
         f"timeout 10 openssl s_client -connect {address}:{port} {version} -brief "
         f"-CAfile {CA_ON[client]} -verify_return_error -verify_ip {address} {extra} "

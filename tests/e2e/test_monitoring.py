@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import shlex
 import subprocess
 import tarfile
 import threading
@@ -41,6 +40,7 @@ from tests.e2e.conftest import (
     lab_secret,
     node_exporter_outage,
     order_journey,
+    scrape,
     venv_tool,
 )
 from tests.e2e.test_edge import get
@@ -227,19 +227,14 @@ def expected_scrape_jobs(lab: Lab) -> dict[str, set[str]]:
 
 
 def test_node_exporter_answers_mon1(lab: Lab) -> None:
-    """Every other host's node_exporter answers Prometheus' host (mon1) on :9100 with
-    node_exporter_build_info: the port as the scraper reaches it through the firewall."""
+    """Every other host's node_exporter answers Prometheus' host (mon1) on :9100 over
+    HTTPS verified by the internal CA, with node_exporter_build_info: the port as the
+    scraper reaches it through the firewall."""
     others = [h for h in lab.hosts if h != "mon1"]
-    probe = (
-        "import sys, urllib.request\n"
-        "for a in sys.argv[1:]:\n"
-        "    body = urllib.request.urlopen(f'http://{a}:9100/metrics', timeout=10).read()\n"
-        "    print(a, b'\\nnode_exporter_build_info{' in body)\n"
-    )
-    addresses = " ".join(lab.hosts[h].address for h in others)
-    out = lab.ssh("mon1", f"python3 -c {shlex.quote(probe)} {addresses}").stdout
-    seen = dict(line.split() for line in out.splitlines())
-    assert seen == {lab.hosts[h].address: "True" for h in others}, out
+    urls = {f"https://{lab.hosts[h].address}:9100/metrics": h for h in others}
+    bodies = scrape(lab, *urls)
+    missing = [urls[u] for u, body in bodies.items() if "\nnode_exporter_build_info{" not in body]
+    assert set(bodies) == set(urls) and not missing, f"no node_exporter_build_info from {missing}"
 
 
 def test_prometheus_and_alertmanager_are_ready() -> None:
@@ -264,7 +259,21 @@ def test_scrape_jobs_are_the_inventorys(lab: Lab) -> None:
             t["labels"].get("host", "<none>") for t in targets if t["labels"]["job"] == job
         )
         assert labelled == sorted(hosts), f"job {job}: host labels {labelled}, want {sorted(hosts)}"
-    print(f"{len(targets)} targets in jobs {sorted(jobs)}")
+    # Jobs with `tls` scrape over HTTPS (the exporters serve nothing else).
+    tls_jobs = {
+        j["job"]
+        for j in setting("prometheus", "prometheus_scrape_jobs_default")
+        + setting("prometheus", "prometheus_scrape_jobs_custom")
+        if j.get("tls")
+    }
+    schemes = {(t["labels"]["job"], t["scrapeUrl"].split(":")[0]) for t in targets}
+    wrong = {
+        (job, scheme)
+        for job, scheme in schemes
+        if job in static and scheme != ("https" if job in tls_jobs else "http")
+    }
+    assert not wrong, f"jobs scraped with the wrong scheme: {wrong}"
+    print(f"{len(targets)} targets in jobs {sorted(jobs)}; over HTTPS: {sorted(tls_jobs)}")
 
 
 def test_rule_groups_are_the_roles_and_evaluate() -> None:

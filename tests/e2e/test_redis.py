@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, Lab, api_client, lab_secret, run_documented
+from tests.e2e.conftest import REPO, Lab, api_client, lab_secret, run_documented, scrape
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
@@ -362,15 +362,12 @@ def test_the_default_user_cannot_log_in(lab: Lab, client: str) -> None:
 
 
 def test_each_exporter_reports_redis_up(lab: Lab, client: str) -> None:
-    """Scraped from the monitoring host as Prometheus does: redis_up is 1 on each node."""
-    for address, host in data_nodes(lab).items():
-        metrics = lab.ssh(
-            client,
-            "python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
-            f'"http://{address}:9121/metrics", timeout=10).read().decode())\'',
-        ).stdout.split("\n")
-        up = [line for line in metrics if line.startswith("redis_up ")]
-        assert up == ["redis_up 1"], f"{host}: {up}"
+    """Scraped from the monitoring host as Prometheus does (HTTPS, the internal CA):
+    redis_up is 1 on each node."""
+    nodes = {f"https://{address}:9121/metrics": host for address, host in data_nodes(lab).items()}
+    for url, body in scrape(lab, *nodes).items():
+        up = [line for line in body.split("\n") if line.startswith("redis_up ")]
+        assert up == ["redis_up 1"], f"{nodes[url]}: {up}"
 
 
 def test_min_replicas_to_write_is_the_inventory_value(lab: Lab, client: str) -> None:

@@ -6,10 +6,15 @@ ansible-core 2.19), so `diff: false` is not needed beside it. A loop prints each
 whole under -v even with a `loop_control.label`, so a loop over entries that hold keys
 needs no_log or a loop over names only.
 
-The static test reads every task of roles/*/tasks and playbooks/: a task that writes,
-registers or sets a value from a secret variable carries `no_log: true`, unless
-EXCEPTIONS says why it need not. The canary tests run real task files of two roles on
-the controller with a known secret and search the output for it.
+The static test reads every task of roles/*/tasks and playbooks/, whatever its module: a
+task that is given a secret variable (in its arguments, its template's source, or the
+messages an assert, debug or fail prints) carries `no_log: true`, unless EXCEPTIONS says
+why it need not. Only includes and meta tasks print nothing of what they are given (the
+tasks they include are read themselves); an assert's `that` prints as written, never
+its values. The canary tests run the real tasks issue 20 names (Patroni's settings,
+Redis's and Sentinel's configuration, alertmanager.yml, pgBackRest's repositories through
+its preflight) on the controller with a known secret under --diff -v and search the output
+for it.
 """
 
 from __future__ import annotations
@@ -19,32 +24,45 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible.playbook.task import Task
 
 from tests.unit.local_playbook import run_playbook
 from tests.unit.test_role_preflights import PGBACKREST_BASE
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A variable is a secret when its name matches; paths to secrets (`*_file`, `*_dir`) are not.
+# A variable is a secret when its name matches; paths to secrets (`*_file`, `*_dir`) and
+# the public half of a key pair are not.
 SECRET_NAME = re.compile(r"password|passphrase|secret|_key$|token|masterauth|basic_auth_users")
 NOT_SECRET_SUFFIXES = ("_file", "_files", "_dir")
+NOT_SECRET_PARTS = ("public_key",)
+# Names that match but hold no secret, and why.
+NOT_SECRET_NAMES = {
+    "common_ssh_probe_private_key": "the deploying key's file path on the controller, not the key",
+}
 # The secrets role's variables hold the names of secrets and the rules they meet
 # (secrets_check, secrets_min_length), never a value.
 NOT_SECRET_PREFIX = "secrets_"
 # Lists whose entries hold secrets: pgbackrest_repositories (each store's keys, as a fact
 # of pgbackrest/tasks/repositories.yml), nginx_admin_users (basic-auth passwords).
 SECRET_FACTS = {"pgbackrest_repositories", "nginx_admin_users"}
-# Modules whose output can carry a value they were given.
+# Modules whose output can carry a value they were given (read by the canary tests).
 MODULES = {"template", "copy", "set_fact", "command", "shell", "lineinfile", "blockinfile"}
+# Task keywords, as ansible-core lists them: any other key of a task is its action.
+KEYWORDS = set(Task.fattributes)
+# Actions that print nothing of what they are given.
+QUIET_ACTIONS = {"include_role", "import_role", "include_tasks", "import_tasks", "meta"}
+# Actions that print only these arguments (an assert's `that` prints as written).
+MESSAGE_ARGS = {
+    "assert": ("fail_msg", "success_msg", "msg"),
+    "debug": ("msg", "var"),
+    "fail": ("msg",),
+}
 # (file, task name): why the task may print without no_log.
 EXCEPTIONS = {
-    ("roles/common/tasks/preflight.yml", "Read the public half of the deploying key"): (
-        "common_ssh_probe_private_key is the key file's path; the task prints the public half"
+    ("roles/lab/tasks/up.yml", "Hosts | the lab key is authorised for root on every host"): (
+        "lab_key is the generated key pair's result; the task writes its public half only"
     ),
-    (
-        "roles/common/tasks/ssh.yml",
-        "Log in to the probe sshd from the controller with the deploying key",
-    ): "common_ssh_probe_private_key is the key file's path, not the key",
     ("roles/etcd/tasks/configure.yml", "Write the member's settings"): (
         "etcd_cluster_token names the cluster so that members of another cluster cannot "
         "join by mistake; it grants nothing (etcd authenticates peers by certificate)"
@@ -86,11 +104,21 @@ EXCEPTIONS = {
 # only there is censored in the result, and the task's error (Patroni's answer) still shows.
 MASKED_OPTIONS = {"url_password"}
 _META = {"name", "when", "no_log", "tags", "notify", "listen", "changed_when", "failed_when"}
+LOOP_PROJECTIONS = ("community.general.remove_keys(", "map(attribute='name')")
+# The same, in text dumped as YAML (its quotes may be doubled or escaped).
+_PROJECTED = re.compile(
+    r"\b(?:" + "|".join(SECRET_FACTS) + r")\s*\|\s*"
+    r"(?=community\.general\.remove_keys\(|map\(attribute=\W*name\W*\))"
+)
 _EXPR = re.compile(r"{{(.*?)}}|{%(.*?)%}", re.S)
-_IDENT = re.compile(r"(?<![\w.'\"])([A-Za-z_]\w*)")
+# A name inside a quoted path ('/app_admin_password') or after a dot is not a variable.
+_IDENT = re.compile(r"(?<![\w.'\"/])([A-Za-z_]\w*)")
 
 
 def _secrets_in(text: str) -> set[str]:
+    # A list of entries holding secrets passed through a projection that leaves them out
+    # (LOOP_PROJECTIONS) gives no secret.
+    text = _PROJECTED.sub("", text)
     names = {n for a, b in _EXPR.findall(text) for n in _IDENT.findall(a + b)}
     return {
         n
@@ -100,6 +128,8 @@ def _secrets_in(text: str) -> set[str]:
             SECRET_NAME.search(n)
             and not n.endswith(NOT_SECRET_SUFFIXES)
             and not n.startswith(NOT_SECRET_PREFIX)
+            and not any(part in n for part in NOT_SECRET_PARTS)
+            and n not in NOT_SECRET_NAMES
         )
     }
 
@@ -136,8 +166,34 @@ def _module(task: dict[str, object]) -> tuple[str, object] | None:
     return None
 
 
+def _action(task: dict[str, object]) -> tuple[str, object] | None:
+    """The task's action (short name) and its arguments: its one key that is no keyword."""
+    for key, args in task.items():
+        if key not in KEYWORDS and not key.startswith("with_"):
+            return key.rsplit(".", 1)[-1], args
+    return None
+
+
+def _messages(task: dict[str, object], action: str, args: dict[str, object]) -> str:
+    """What an assert, debug or fail prints: its messages, with the task variables they use."""
+    shown = {k: args[k] for k in MESSAGE_ARGS[action] if k in args}
+    if "var" in shown:
+        shown["var"] = "{{ " + str(shown["var"]) + " }}"
+    text = str(yaml.safe_dump(shown))
+    names = {n for a, b in _EXPR.findall(text) for n in _IDENT.findall(a + b)}
+    task_vars = task.get("vars")
+    if isinstance(task_vars, dict):
+        text += str(yaml.safe_dump({k: v for k, v in task_vars.items() if k in names}))
+    return text
+
+
 def _text(path: Path, task: dict[str, object]) -> str:
-    body = {k: v for k, v in task.items() if k not in _META}
+    action = _action(task)
+    if action and action[0] in MESSAGE_ARGS and isinstance(action[1], dict):
+        return _messages(task, action[0], action[1])
+    # A loop's items are checked by the loop test below.
+    loops = {"loop", "loop_control"}
+    body = {k: v for k, v in task.items() if k not in _META | loops and not k.startswith("with_")}
     for key, args in list(body.items()):
         if isinstance(args, dict):
             body[key] = {k: v for k, v in args.items() if k not in MASKED_OPTIONS}
@@ -161,6 +217,14 @@ def _text(path: Path, task: dict[str, object]) -> str:
     return text
 
 
+def _printed_secrets(path: Path, task: dict[str, object]) -> set[str]:
+    """The secret variables a task is given, that its output under --diff -v may show."""
+    action = _action(task)
+    if action is None or action[0] in QUIET_ACTIONS:
+        return set()
+    return _secrets_in(_text(path, task))
+
+
 def unsilenced_secret_tasks() -> list[str]:
     files = [
         *sorted(REPO.glob("roles/*/tasks/*.yml")),
@@ -172,11 +236,9 @@ def unsilenced_secret_tasks() -> list[str]:
     for path in files:
         rel = str(path.relative_to(REPO))
         for task in _tasks(path):
-            if _module(task) is None and "register" not in task:
-                continue
             if task.get("no_log") is True or (rel, task.get("name")) in EXCEPTIONS:
                 continue
-            secrets = _secrets_in(_text(path, task))
+            secrets = _printed_secrets(path, task)
             if secrets:
                 found.append(f"{rel}: {task.get('name')!r} uses {sorted(secrets)}")
     return found
@@ -192,7 +254,6 @@ def test_every_task_that_handles_a_secret_has_no_log() -> None:
 # A loop prints each item whole under -v, label or not: a loop over a secret (or over
 # entries holding one) must be silent, per task or per item, or pass its list through a
 # projection that leaves the secrets out.
-LOOP_PROJECTIONS = ("community.general.remove_keys(", "map(attribute='name')")
 
 
 def loops_over_secrets() -> list[str]:
@@ -235,6 +296,36 @@ def test_the_scan_finds_a_template_secret_and_every_exception_still_exists() -> 
         for t in _tasks(p)
     }
     assert not set(EXCEPTIONS) - names, f"stale exceptions: {set(EXCEPTIONS) - names}"
+
+
+def test_the_scan_reads_every_module_and_only_what_it_prints() -> None:
+    # Any module given a secret is flagged, not only those that write files; an assert's
+    # condition and an include's vars print nothing of the value.
+    path = REPO / "roles/redis/tasks/server.yml"
+    flagged: list[dict[str, object]] = [
+        {"ansible.builtin.uri": {"url": "https://x/", "body": "{{ redis_zapora_password }}"}},
+        {"ansible.builtin.debug": {"var": "postgresql_superuser_password"}},
+        {"community.postgresql.postgresql_query": {"query": "{{ postgresql_superuser_password }}"}},
+        {
+            "ansible.builtin.assert": {"that": "true", "fail_msg": "got {{ shown }}"},
+            "vars": {"shown": "{{ alertmanager_smtp_auth_password }}"},
+        },
+    ]
+    silent: list[dict[str, object]] = [
+        {
+            "ansible.builtin.assert": {
+                "that": "postgresql_superuser_password | length >= 16",
+                "fail_msg": "postgresql_superuser_password must be 16 characters or more",
+            }
+        },
+        {
+            "ansible.builtin.include_role": {"name": "secrets"},
+            "vars": {"secrets_value": "{{ redis_zapora_password }}"},
+        },
+        {"ansible.builtin.debug": {"msg": "{{ pgbackrest_repositories | map(attribute='name') }}"}},
+    ]
+    assert [bool(_printed_secrets(path, t)) for t in flagged] == [True] * len(flagged)
+    assert [_printed_secrets(path, t) for t in silent] == [set()] * len(silent)
 
 
 CANARY = "Canary-7f3e9c-never-printed"
@@ -290,6 +381,22 @@ RENDER_CASES = [
             "redis_primary_address": "10.0.0.4",
             "redis_sentinel_password": CANARY,
             "redis_zapora_password": CANARY,
+        },
+    ),
+    (
+        "postgresql",
+        "patroni.yml",
+        "Write Patroni's settings",
+        {
+            "postgresql_address": "10.0.0.5",
+            "postgresql_etcd_group": "all",
+            "postgresql_etcd_client_port": 2379,
+            "postgresql_dcs_config": {"ttl": 20},
+            "postgresql_parameters": {},
+            "postgresql_hba": [],
+            "postgresql_superuser_password": CANARY,
+            "postgresql_replication_password": CANARY,
+            "postgresql_patroni_restapi_password": CANARY,
         },
     ),
     (
