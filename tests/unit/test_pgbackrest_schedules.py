@@ -139,6 +139,7 @@ def test_only_s3_keeps_every_wal_segment(defaults: tuple[str, dict[str, str]]) -
     # Azure and GCS: continuous WAL since the newest backup only.
     for repo in (azure, gcs):
         assert (repo["retention-archive-type"], repo["retention-archive"]) == ("diff", "1"), repo
+        assert repo["retention-diff"] == "9999999", repo
 
 
 def test_a_repository_switched_off_or_without_diffs_gets_no_timer(tmp_path: Path) -> None:
