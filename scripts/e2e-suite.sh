@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# CI's end-to-end set against the running lab, in three pytest processes side by side:
+# CI's end-to-end set against the running lab: first, alone, the fresh lab's alert check
+# (tests/e2e/test_fresh_lab_alerts.py, JUnit e2e-fresh.xml: it needs the lab as make lab
+# left it), then three pytest processes side by side:
 #   scripts/e2e-suite.sh RESULTS_DIR
 # - the data tier's files (test_database*, test_backup*, test_redis*: PostgreSQL, its
 #   backups, Redis; test_failover and test_upgrade, which hold the data tier alone),
@@ -17,6 +19,10 @@ alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook
 data_files=(tests/e2e/test_database*.py tests/e2e/test_backup*.py tests/e2e/test_redis*.py
             tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
 mkdir -p "$results"
+# First, alone: a freshly converged lab fires no alert (before any test disturbs it).
+fresh_test="tests/e2e/test_fresh_lab_alerts.py"
+pytest --junitxml="$results/e2e-fresh.xml" --timeout=120 -m "e2e and not slow" "$fresh_test"
+fresh=$?
 ignore_data=()
 for f in "${data_files[@]}"; do ignore_data+=(--ignore "$f"); done
 
@@ -27,7 +33,7 @@ pytest --junitxml="$results/e2e-data.xml" --timeout=1500 -m "e2e and not slow" -
     >"$results/e2e-data.log" 2>&1 &
 data_pid=$!
 pytest --junitxml="$results/e2e.xml" --timeout=1500 -m "e2e and not slow" --durations=15 \
-    --deselect "$alert_test" "${ignore_data[@]}" tests/e2e
+    --deselect "$alert_test" --ignore "$fresh_test" "${ignore_data[@]}" tests/e2e
 app=$?
 wait "$data_pid"
 data=$?
@@ -38,7 +44,7 @@ cat "$results/e2e-data.log"
 echo "==== the alert test's process (beside the rest):"
 cat "$results/e2e-alert.log"
 rc=0
-for pair in "e2e:$app" "e2e-data:$data" "e2e-alert:$alert"; do
+for pair in "e2e-fresh:$fresh" "e2e:$app" "e2e-data:$data" "e2e-alert:$alert"; do
     name="${pair%%:*}" code="${pair##*:}"
     if [[ $code -eq 5 ]]; then
         echo "ERROR: pytest collected no tests for $name"

@@ -22,7 +22,7 @@ for junit in sorted(results.glob("*.xml")):
     f = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
     s_ = sum(int(s.get("skipped", 0)) for s in suites)
     print(f"{junit.stem}: {t - f - s_} passed, {f} failed, {s_} skipped")
-    # e2e-data and e2e-alert are processes of the e2e suite (scripts/e2e-suite.sh).
+    # e2e-fresh, e2e-data and e2e-alert are processes of the e2e suite (scripts/e2e-suite.sh).
     suite = junit.stem.split("-")[0]
     ran[suite] = ran.get(suite, 0) + t - s_
     passed += t - f - s_

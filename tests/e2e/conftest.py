@@ -341,6 +341,12 @@ def lab_secret(name: str) -> str:
     return path.read_text().strip()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked fresh_lab first (stable: the rest keep their order): they need the
+    lab as `make lab` left it, before a failover or an outage test leaves its alerts."""
+    items.sort(key=lambda item: item.get_closest_marker("fresh_lab") is None)
+
+
 def pytest_deselected(items: list[pytest.Item]) -> None:
     """Slow tests left out by `-m "not slow"` (make test) are listed in the summary."""
     from tests.not_run import record
