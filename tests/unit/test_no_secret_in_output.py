@@ -391,6 +391,7 @@ RENDER_CASES = [
             "postgresql_address": "10.0.0.5",
             "postgresql_etcd_group": "all",
             "postgresql_etcd_client_port": 2379,
+            "postgresql_etcd_leader_here": False,
             "postgresql_dcs_config": {"ttl": 20},
             "postgresql_parameters": {},
             "postgresql_hba": [],
