@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -53,18 +54,16 @@ def patroni_status(lab: Lab, host: str) -> dict[str, object]:
     only the database hosts reach the port)."""
     url = f"https://{lab.hosts[host].address}:8008/patroni"
     # HTTPS, verified with the internal CA the host holds.
-    ctx = "ssl.create_default_context(cafile='/etc/postgresql/pki/ca.crt')"
+    code = (
+        "import ssl, sys, urllib.request; "
+        "ctx = ssl.create_default_context(cafile='/etc/postgresql/pki/ca.crt'); "
+        f"sys.stdout.write(urllib.request.urlopen('{url}', timeout=8, context=ctx).read().decode())"
+    )
     # Patroni answers its REST API between HA loops; while etcd is gone a loop waits out
     # its etcd retries, so one GET may time out: three tries, and the last error is kept.
     error = ""
     for _ in range(3):
-        out = lab.ssh(
-            host,
-            "python3 -c 'import ssl, sys, urllib.request; "
-            f'sys.stdout.write(urllib.request.urlopen("{url}", timeout=8, context={ctx})'
-            ".read().decode())'",
-            check=False,
-        )
+        out = lab.ssh(host, f"python3 -c {shlex.quote(code)}", check=False)
         if out.returncode == 0:
             result: dict[str, object] = json.loads(out.stdout)
             return result

@@ -31,7 +31,7 @@ STEADY_S = 5.0
 AFTER_S = 10.0
 
 
-@pytest.mark.lab(exclusive=("data",))  # the primary moves
+@pytest.mark.lab(shared=("app",), exclusive=("data",))  # the primary moves; orders through the edge
 def test_a_frozen_primary_host_holds_no_client_long_and_loses_or_doubles_no_order(
     lab: Lab,
 ) -> None:

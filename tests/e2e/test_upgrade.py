@@ -108,24 +108,38 @@ def pins_and_versions(lab: Lab, host: str) -> tuple[dict[str, str], dict[str, st
     return pins, versions, policy
 
 
-def test_upgrade_runs_its_gates_in_order_under_orders(lab: Lab) -> None:
+def upgrade_under_orders(
+    lab: Lab, limit_s: int, restart: str = ""
+) -> tuple[str, str, str, OrderWriter]:
+    """upgrade.yml as documented (with `-e upgrade_restart=RESTART` when given) while a
+    customer posts orders, the database tier whole before it: the leader before, the
+    run's folded output, a report line and the writer. The run must succeed."""
     wait_for(lambda: whole(lab), 120, "the database tier whole before the test")
     leader, _ = roles(lab)
-    with OrderWriter(limit_s=400) as writer:
+    with OrderWriter(limit_s=limit_s) as writer:
         time.sleep(3)
         started = time.monotonic()
-        run = run_documented("upgrade.yml", timeout=600)
+        run = (
+            run_documented("upgrade.yml", timeout=limit_s + 200, upgrade_restart=restart)
+            if restart
+            else run_documented("upgrade.yml", timeout=limit_s + 200)
+        )
         took = time.monotonic() - started
         time.sleep(3)
-    report = f"upgrade.yml: {took:.0f} s; {writer.summary()}"
+    shown = f" -e upgrade_restart={restart}" if restart else ""
+    report = f"upgrade.yml{shown}: {took:.0f} s; {writer.summary()}"
     print(report)
     assert run.returncode == 0, run.stdout[-5000:]
-    out = folded(run.stdout)
+    return leader, folded(run.stdout), report, writer
+
+
+def test_upgrade_runs_its_gates_in_order_under_orders(lab: Lab) -> None:
+    leader, out, report, writer = upgrade_under_orders(lab, 400)
     plan = re.search(r"UPGRADE PLAN \(restart changed\): (.*?)\"", out)
-    assert plan, run.stdout[-4000:]
+    assert plan, out[-4000:]
     print(plan.group(0))
     backup = re.search(r"UPGRADE backup: (.*?)\"", out)
-    assert backup, run.stdout[-4000:]
+    assert backup, out[-4000:]
     print(backup.group(0))
 
     steps = re.findall(r"UPGRADE member (\w+) (\S+): packages ([^,]+), (no restart|restart)", out)
@@ -193,18 +207,7 @@ def test_upgrade_with_every_member_restarted_under_orders(lab: Lab) -> None:
     restarts through its tier's machinery (one Patroni switchover, one Sentinel failover)
     while a customer posts orders: 0 acknowledged orders lost; failed requests printed and
     asserted 0."""
-    wait_for(lambda: whole(lab), 120, "the database tier whole before the test")
-    leader, _ = roles(lab)
-    with OrderWriter(limit_s=900) as writer:
-        time.sleep(3)
-        started = time.monotonic()
-        run = run_documented("upgrade.yml", timeout=900, upgrade_restart="always")
-        took = time.monotonic() - started
-        time.sleep(3)
-    report = f"upgrade.yml -e upgrade_restart=always: {took:.0f} s; {writer.summary()}"
-    print(report)
-    assert run.returncode == 0, run.stdout[-5000:]
-    out = folded(run.stdout)
+    leader, out, report, writer = upgrade_under_orders(lab, 900, restart="always")
     steps = re.findall(r"UPGRADE member (\w+) (\S+): packages ([^,]+), (no restart|restart)", out)
     assert steps and all(s[3] == "restart" for s in steps), steps
     assert "Switched over from " + leader in out, "no switchover before the leader's restart"
