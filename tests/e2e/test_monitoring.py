@@ -146,14 +146,21 @@ def _inventory_vars(host: str) -> dict[str, Any]:
     return data
 
 
+def role_defaults(role: str) -> dict[str, Any]:
+    """roles/<role>/defaults/main.yml as written (untemplated)."""
+    defaults: dict[str, Any] = yaml.safe_load(
+        (REPO / "roles" / role / "defaults" / "main.yml").read_text()
+    )
+    return defaults
+
+
 def setting(role: str, name: str, host: str = "mon1") -> Any:
     """A role variable as the lab sets it for `host`: the inventory's value, else the
     role's default. Raw, not templated: only for variables whose values are literals."""
     lab_vars = _inventory_vars(host)
     if name in lab_vars:
         return lab_vars[name]
-    defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
-    return defaults[name]
+    return role_defaults(role)[name]
 
 
 def resolved(name: str, default: Any, role: str | None = None) -> dict[str, Any]:
@@ -165,7 +172,7 @@ def resolved(name: str, default: Any, role: str | None = None) -> dict[str, Any]
     node_exporter_tls_certificates_internal) resolves as in the play."""
     debug = ["-m", "ansible.builtin.debug", "-a", f"var={name}"]
     if role:
-        defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+        defaults = role_defaults(role)
         defaults.pop(name, None)
         debug += ["-e", json.dumps(defaults)]
     out = subprocess.run(
