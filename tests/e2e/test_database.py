@@ -1,10 +1,9 @@
 """The database tier across the lab: Patroni on db1 + db2, etcd on db1, db2, mon1.
 
 Checked from outside as the API reaches it: from app1 over TLS with scram through
-libpq multi-host strings. The failover test freezes the primary's container
-(`docker pause`, a host that stops answering), times until app1's read-write string
-accepts a write, checks the row committed before, then unpauses the old primary and
-waits until it rejoins as a replica. Bounded: 90 s per wait, a handful of statements.
+libpq multi-host strings. A frozen primary is tested once, as clients see it, in
+test_failover.py (acknowledged orders kept, the old leader back as a streaming replica);
+the killed primary in test_database_ha.py's drill.
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("data",))]
 
 PATRONICTL = "patronictl -c /etc/patroni/config.yml"
 CA = "/etc/zapora-ca/ca.crt"  # on the CA host; copied to app1 by the fixture
-# A functional bound (the failover happens by itself, the row is kept); its speed is
-# measured and printed, not asserted tightly (goal 20 s; docs/postgresql.md).
-FAILOVER_GOAL_S = 60.0
 # The API's two database roles: the schema owner (migrations) and the runtime role.
 ROLES = ("zapora_app", "zapora_owner")
 
@@ -177,42 +173,3 @@ def test_wrong_password_and_plaintext_logins_are_refused(lab: Lab, client: str) 
     plain = psql(lab, client, "read-write", "SELECT 1", check=False, extra="sslmode=disable")
     assert plain.returncode != 0, "a connection without TLS was accepted"
     assert "no pg_hba.conf entry" in plain.stderr, plain.stderr
-
-
-@pytest.mark.lab(exclusive=("data",))  # the primary goes away: the API cannot write
-def test_frozen_primary_fails_over_and_keeps_the_row(lab: Lab, client: str) -> None:
-    token = uuid.uuid4().hex
-    psql(lab, client, "read-write", f"INSERT INTO e2e_probe (token) VALUES ('{token}')")
-    leader = next(str(m["Member"]) for m in members(lab) if m["Role"] == "Leader")
-    container = lab.container(leader)
-    start = time.monotonic()
-    subprocess.run(["docker", "pause", container], check=True, timeout=30)
-    try:
-        wait_for(
-            lambda: (
-                psql(
-                    lab,
-                    client,
-                    "read-write",
-                    f"INSERT INTO e2e_probe (token) VALUES ('{token}-after')",
-                    check=False,
-                ).returncode
-                == 0
-            ),
-            90,
-            "a write accepted by the new primary",
-        )
-        elapsed = time.monotonic() - start
-        print(f"failover: {leader} frozen, writable again after {elapsed:.1f} s")
-        kept = psql(
-            lab, client, "read-write", f"SELECT count(*) FROM e2e_probe WHERE token='{token}'"
-        ).stdout.strip()
-        assert kept == "1", "the row acknowledged before the failover is missing"
-        assert elapsed <= FAILOVER_GOAL_S, f"failover took {elapsed:.1f} s"
-    finally:
-        subprocess.run(["docker", "unpause", container], check=True, timeout=30)
-    wait_for(
-        lambda: any(m["Member"] == leader and m["State"] == "streaming" for m in members(lab)),
-        90,
-        f"{leader} to rejoin as a streaming replica",
-    )

@@ -156,11 +156,18 @@ def setting(role: str, name: str, host: str = "mon1") -> Any:
     return defaults[name]
 
 
-def resolved(name: str, default: Any) -> dict[str, Any]:
+def resolved(name: str, default: Any, role: str | None = None) -> dict[str, Any]:
     """`name` templated for every lab host, as a play sees it (an ad-hoc debug: it runs
     on the controller, no host is contacted). `default` where the inventory leaves it
-    unset, i.e. the role's default."""
+    unset, i.e. the role's default. An ad-hoc run loads no role's defaults: with `role`,
+    that role's defaults other than `name` itself are passed in (as extra vars, templated
+    when used), so an inventory value built on them (node_exporter_tls_certificates on
+    node_exporter_tls_certificates_internal) resolves as in the play."""
     debug = ["-m", "ansible.builtin.debug", "-a", f"var={name}"]
+    if role:
+        defaults = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+        defaults.pop(name, None)
+        debug += ["-e", json.dumps(defaults)]
     out = subprocess.run(
         [venv_tool("ansible"), "all", "-i", str(INVENTORY), *debug],
         capture_output=True,
@@ -354,7 +361,9 @@ def test_tls_certificate_expiry_is_exported(lab: Lab) -> None:
     notAfter reaches Prometheus as read by openssl on its host; no other path is there."""
     listed = {
         (host, path)
-        for host, paths in resolved("node_exporter_tls_certificates", []).items()
+        for host, paths in resolved(
+            "node_exporter_tls_certificates", [], role="node_exporter"
+        ).items()
         for path in paths
     }
     assert listed, "the lab lists no certificate: nothing to check"
