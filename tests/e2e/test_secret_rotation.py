@@ -1,19 +1,25 @@
 """Secrets rotate under load (docs/operator-guide.md, "Rotate secrets"): the lab's new values
 are made the way the guide says for the lab (remove the secret's file under .lab/secrets/,
-the next run generates a new one), then one run of rotate-secrets.yml rotates them all while
-the order writer posts orders through the edge."""
+the next run generates a new one; for pgBackRest's passphrases the next key generation in
+.lab/pgbackrest_generation), then one run of rotate-secrets.yml rotates them all while the
+order writer posts orders through the edge. Afterwards a backup taken before the
+repositories' keys changed is restored (restore.yml from the old path)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import ssl
 import time
 import uuid
 
+import httpx
 import pytest
 
-from tests.e2e.conftest import SECRETS, Lab, api_client, lab_secret, run_documented
+from tests.e2e.conftest import SECRETS, Lab, api_client, edge_tls, lab_secret, run_documented
 from tests.e2e.order_writer import OrderWriter
+from tests.e2e.test_backup import AS_PG, pgbackrest_info, primary_and_replica, psql
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(exclusive=("app", "data"))]
 
@@ -23,7 +29,47 @@ ROTATED = (
     "postgresql_zapora_app_password",
     "postgresql_zapora_owner_password",
     "redis_zapora_password",
+    "postgresql_patroni_restapi_password",
+    "postgresql_replication_password",
+    "nginx-admin",
 )
+# pgBackRest's key generation (inventory/lab/group_vars/all/pgbackrest.yml): generation N
+# keeps pgbackrest_<repo>_cipher_passphrase[.gN] and the path /pgbackrest[-gN].
+GENERATION = SECRETS.parent / "pgbackrest_generation"
+REPOS = ("s3", "azure", "gcs")
+PATRONI_CA = SECRETS / "internal-ca" / "ca.crt"
+
+
+def _generation_key(repo: str, generation: int) -> str:
+    return f"pgbackrest_{repo}_cipher_passphrase" + ("" if generation == 1 else f".g{generation}")
+
+
+def _generation_path(generation: int) -> str:
+    return "/pgbackrest" + ("" if generation == 1 else f"-g{generation}")
+
+
+def _patroni(lab: Lab, host: str, path: str, password: str | None = None) -> httpx.Response:
+    """GET (or, with a password, an authenticated POST) on a member's REST API over HTTPS."""
+    url = f"https://{lab.hosts[host].address}:8008{path}"
+    tls = ssl.create_default_context(cafile=str(PATRONI_CA))
+    with httpx.Client(verify=tls, timeout=10) as c:
+        if password is None:
+            return c.get(url)
+        return c.post(url, auth=("patroni", password))
+
+
+def _leader(lab: Lab) -> tuple[str, int]:
+    """The Patroni leader's name and the cluster's timeline."""
+    members = _patroni(lab, lab.groups["postgres"][0], "/cluster").json()["members"]
+    leader = [m for m in members if m["role"] == "leader"]
+    assert len(leader) == 1, members
+    return leader[0]["name"], int(leader[0]["timeline"])
+
+
+def _admin_ui(password: str) -> int:
+    """The status of an admin UI behind the edge's basic auth (the lab's user admin)."""
+    with httpx.Client(verify=edge_tls(), timeout=10) as c:
+        return c.get("https://127.0.0.1:8443/prometheus/", auth=("admin", password)).status_code
 
 
 def _session() -> tuple[dict[str, str], str]:
@@ -43,11 +89,15 @@ def _session() -> tuple[dict[str, str], str]:
 
 def test_rotate_every_secret_under_load(lab: Lab) -> None:
     before = {name: lab_secret(name) for name in ROTATED}
+    old_gen = int(GENERATION.read_text()) if GENERATION.exists() else 1
+    old_keys = {repo: lab_secret(_generation_key(repo, old_gen)) for repo in REPOS}
+    leader_before = _leader(lab)
     headers, refresh = _session()
     for name in ROTATED:
         (SECRETS / name).unlink()
+    GENERATION.write_text(f"{old_gen + 1}\n")
 
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     with OrderWriter(limit_s=900) as writer:
         result = run_documented("rotate-secrets.yml", timeout=900)
     seconds = time.monotonic() - started
@@ -59,6 +109,8 @@ def test_rotate_every_secret_under_load(lab: Lab) -> None:
 
     after = {name: lab_secret(name) for name in ROTATED}
     assert all(after[name] != before[name] for name in ROTATED), "a secret kept its value"
+    new_keys = {repo: lab_secret(_generation_key(repo, old_gen + 1)) for repo in REPOS}
+    assert all(new_keys[repo] != old_keys[repo] for repo in REPOS), "a passphrase kept its value"
 
     # Under load through the edge: nothing failed, nothing acknowledged was lost.
     assert writer.served > 10, writer.summary()
@@ -86,3 +138,68 @@ def test_rotate_every_secret_under_load(lab: Lab) -> None:
         out = lab.ssh(host, "zapora-redis-cli --json ACL GETUSER zapora").stdout
         hashes = re.findall(r"[0-9a-f]{64}", out)
         assert hashes == [wanted], (host, len(hashes))
+
+    # Patroni: every member's REST API takes the new password only; no failover, no new
+    # timeline; every replica streams again (its passfile logged in: the playbook checks).
+    assert _leader(lab) == leader_before, "the rotation moved the leader"
+    rest = "postgresql_patroni_restapi_password"
+    for host in lab.groups["postgres"]:
+        assert _patroni(lab, host, "/reload", after[rest]).status_code == 202, host
+        assert _patroni(lab, host, "/reload", before[rest]).status_code == 401, host
+    primary, _ = primary_and_replica(lab)
+    streaming = psql(
+        lab, primary, "SELECT count(*) FROM pg_stat_replication WHERE state='streaming'"
+    )
+    assert int(streaming) == len(lab.groups["postgres"]) - 1, streaming
+
+    # The edge: the admin UIs take the new basic-auth password, no longer the old one.
+    assert _admin_ui(after["nginx-admin"]) != 401
+    assert _admin_ui(before["nginx-admin"]) == 401
+
+    _assert_old_backups_restore(lab, old_gen, started_wall)
+
+
+def _assert_old_backups_restore(lab: Lab, old_gen: int, since: float) -> None:
+    """Each repository's live path holds a full backup of this run (new key); a backup from
+    before the change restores from the old path with the old key (restore.yml)."""
+    primary, replica = primary_and_replica(lab)
+    fulls = [
+        b["database"]["repo-key"]
+        for b in pgbackrest_info(lab, primary)[0]["backup"]
+        if b["type"] == "full" and b["timestamp"]["start"] >= since
+    ]
+    assert sorted(fulls) == [1, 2, 3], f"full backups on the new paths: {fulls}"
+
+    old_path = _generation_path(old_gen)
+    retired = f"/etc/pgbackrest/retired/s3{old_path.replace('/', '-')}.conf"
+    info = f"{AS_PG}pgbackrest --config={retired} --stanza=zapora --output=json info"
+    out = lab.ssh(primary, info)
+    old = [b for b in json.loads(out.stdout)[0]["backup"] if b["database"]["repo-key"] == 1]
+    assert old and all(b["timestamp"]["stop"] < since for b in old), old
+
+    scratch, port = "/var/lib/postgresql/restore", 5433
+    started = time.monotonic()
+    restore = run_documented(
+        "restore.yml",
+        restore_host=replica,
+        restore_repo="s3",
+        restore_type="immediate",
+        restore_repo_path=old_path,
+    )
+    try:
+        assert restore.returncode == 0, restore.stdout[-3000:]
+        said = " ".join(restore.stdout.split())
+        assert f"Restored from s3 {old_path}" in said, restore.stdout[-2000:]
+        query = f"{AS_PG}psql -X -At -p {port} -d zapora -c 'SELECT count(*) FROM users'"
+        users = int(lab.ssh(replica, query).stdout)
+        assert users >= 1, "the restored copy has no user (the lab's admin is one)"
+        print(
+            f"restore from {old_path} (backup before the key change): "
+            f"{time.monotonic() - started:.0f} s, {users} users"
+        )
+    finally:
+        lab.ssh(
+            replica,
+            f"{AS_PG}/usr/lib/postgresql/17/bin/pg_ctl -D {scratch} -m fast stop; rm -rf {scratch}",
+            check=False,
+        )

@@ -44,8 +44,14 @@ NOT_SECRET_NAMES = {
 # (secrets_check, secrets_min_length), never a value.
 NOT_SECRET_PREFIX = "secrets_"
 # Lists whose entries hold secrets: pgbackrest_repositories (each store's keys, as a fact
-# of pgbackrest/tasks/repositories.yml), nginx_admin_users (basic-auth passwords).
-SECRET_FACTS = {"pgbackrest_repositories", "nginx_admin_users"}
+# of pgbackrest/tasks/repositories.yml), pgbackrest_retired_repositories and its fact
+# pgbackrest_retired (old passphrases), nginx_admin_users (basic-auth passwords).
+SECRET_FACTS = {
+    "pgbackrest_repositories",
+    "pgbackrest_retired_repositories",
+    "pgbackrest_retired",
+    "nginx_admin_users",
+}
 # Modules whose output can carry a value they were given (read by the canary tests).
 MODULES = {"template", "copy", "set_fact", "command", "shell", "lineinfile", "blockinfile"}
 # Task keywords, as ansible-core lists them: any other key of a task is its action.
@@ -75,7 +81,7 @@ EXCEPTIONS = {
         "Restore from the repository {{ pgbackrest_restore_repo }}",
     ): "takes only the repository's index; the restore's error must reach the operator",
     (
-        "roles/pgbackrest/tasks/timers.yml",
+        "roles/pgbackrest/tasks/first_backup.yml",
         "Take the first full backup in each repository that holds none (primary only)",
     ): "loops over the repositories' names only; a failed backup's error must show",
     (
@@ -93,7 +99,7 @@ EXCEPTIONS = {
         "roles/alertmanager/tasks/configure.yml",
         "Render alertmanager.yml with the SMTP password masked",
     ): ("writes the rendered text with the SMTP password replaced by 'masked' (the rescue)"),
-    ("roles/nginx/tasks/configure.yml", "Remove basic-auth users no longer listed"): (
+    ("roles/nginx/tasks/admin_users.yml", "Remove basic-auth users no longer listed"): (
         "takes only the users' names from nginx_admin_users"
     ),
     ("playbooks/redis-restore.yml", "Ask before data is replaced"): (
@@ -104,11 +110,16 @@ EXCEPTIONS = {
 # only there is censored in the result, and the task's error (Patroni's answer) still shows.
 MASKED_OPTIONS = {"url_password"}
 _META = {"name", "when", "no_log", "tags", "notify", "listen", "changed_when", "failed_when"}
-LOOP_PROJECTIONS = ("community.general.remove_keys(", "map(attribute='name')")
+LOOP_PROJECTIONS = (
+    "community.general.remove_keys(",
+    "map(attribute='name')",
+    "map(attribute='config')",
+    "range(",
+)
 # The same, in text dumped as YAML (its quotes may be doubled or escaped).
 _PROJECTED = re.compile(
     r"\b(?:" + "|".join(SECRET_FACTS) + r")\s*\|\s*"
-    r"(?=community\.general\.remove_keys\(|map\(attribute=\W*name\W*\))"
+    r"(?=community\.general\.remove_keys\(|map\(attribute=\W*(?:name|config)\W*\))"
 )
 _EXPR = re.compile(r"{{(.*?)}}|{%(.*?)%}", re.S)
 # A name inside a quoted path ('/app_admin_password') or after a dot is not a variable.
@@ -253,7 +264,7 @@ def test_every_task_that_handles_a_secret_has_no_log() -> None:
 
 # A loop prints each item whole under -v, label or not: a loop over a secret (or over
 # entries holding one) must be silent, per task or per item, or pass its list through a
-# projection that leaves the secrets out.
+# projection that leaves the secrets out (names, config paths, or indexes into the list).
 
 
 def loops_over_secrets() -> list[str]:
