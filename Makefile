@@ -166,10 +166,10 @@ test-e2e-suite: setup  ## the end-to-end tests only (without the slow ones), aga
 	scripts/e2e-suite.sh $(RESULTS)
 
 test-e2e: lab  ## bring the lab up (make lab), then the end-to-end suite against it (without the slow ones)
-	$(call pytest,e2e,-m "e2e and not slow" tests/e2e)
+	scripts/e2e-suite.sh $(RESULTS)
 
 test-e2e-full: lab  ## make lab, then every end-to-end test, the slow ones too (the second and --check site.yml runs)
-	$(call pytest,e2e,-m e2e tests/e2e)
+	scripts/e2e-suite.sh $(RESULTS) e2e
 
 # Checks of the CI/CD workflows that cannot run on this machine (docs/pipeline.md), for the
 # NOT RUN lines of make test's summary.

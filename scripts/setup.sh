@@ -45,9 +45,10 @@ need_root() {
 
 # --- Debian packages ----------------------------------------------------------------
 # Controller (always): docker.io et al. for the lab and molecule; debootstrap for the base
-# image; nftables and openssh-client for firewall syntax checks and SSH to the lab hosts.
+# image; nftables and openssh-client for firewall syntax checks and SSH to the lab hosts;
+# tcpdump for the capture of the lab's traffic during the end-to-end suite.
 apt_packages=(docker.io containerd runc iptables debootstrap openssh-client rsync
-              nftables make git curl python3-venv)
+              nftables make git curl python3-venv tcpdump)
 # Test machine only (--test): the real PostgreSQL and Redis binaries the API tests start
 # on loopback themselves, wrk for bench/, and promtool/amtool (prometheus,
 # prometheus-alertmanager) for the alert rules' unit tests. Installed with services held back
