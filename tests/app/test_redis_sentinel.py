@@ -327,7 +327,7 @@ def test_failover_needs_no_restart_of_api_or_worker(
             # Redis served every request before the kill, and again after the failover.
             assert before and not any(before), summary
             # How long Sentinel takes is its settings' and the machine's load (19 s once under
-            # CI's): no bound here (bench/failover.py measures it); what the API does meanwhile is.
+            # CI's): no bound here, the summary prints it; what the API does meanwhile is asserted.
             served = [t for t, problem in after if t > promoted_at and not problem]
             assert served, f"Redis served no request within 20 s of the failover; {summary}"
             back = min(served)
