@@ -4,7 +4,9 @@ Debian 12's python3 ships pip 23.0.1, which refuses the lock (`coverage[toml]` f
 pytest-cov counts as an unpinned requirement). scripts/venv.sh, the step `make setup`
 runs, must bootstrap the lock's own pip first. This test builds exactly that situation:
 a new venv downgraded to pip 23.0.1, then the project's own venv step against the lock.
-It needs PyPI (as `make setup` does) and takes about a minute with a warm pip cache.
+It needs PyPI (as `make setup` does) and takes about 30 s with a warm pip cache. (A
+control that showed pip 23.0.1 refusing the lock by itself, a dry run of the whole lock,
+cost 65 s of every CI run and is gone: the refusal is recorded here, not re-proved.)
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ def pip_version(venv: Path) -> str:
     return out.split()[1]
 
 
-# One venv for both tests (made once: a venv plus a pip download): the control only
-# does a dry run, which changes nothing in it, and runs first.
+# A new venv downgraded to the old pip.
 @pytest.fixture(scope="module")
 def old_pip_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     python = shutil.which("python3")
@@ -49,31 +50,7 @@ def old_pip_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
-def test_the_old_pip_alone_cannot_install_the_lock(old_pip_venv: Path) -> None:
-    # The control: without the bootstrap, this pip stops on the lock. If it ever stops
-    # failing, the test below no longer proves anything and this one says so.
-    result = subprocess.run(
-        [
-            str(old_pip_venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--dry-run",
-            "--require-hashes",
-            "-r",
-            str(LOCK),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode != 0, "pip 23.0.1 installed the lock unaided: re-check this test"
-    assert "must have their versions pinned" in result.stderr
-
-
 def test_the_venv_step_installs_the_lock_over_an_old_pip(old_pip_venv: Path) -> None:
-    assert pip_version(old_pip_venv) == OLD_PIP, "the control changed the venv's pip"
     result = subprocess.run(
         [str(REPO / "scripts" / "venv.sh"), str(old_pip_venv), str(LOCK)],
         capture_output=True,
