@@ -480,7 +480,15 @@ def test_stub_status_on_loopback_only_and_the_exporter(lab: Lab) -> None:
     )
     stub = lab.ssh("edge1", f"{fetch} http://127.0.0.1:{port}/stub_status").stdout
     assert stub.startswith("Active connections:"), stub
-    metrics = lab.ssh("edge1", f"{fetch} http://127.0.0.1:9113/metrics").stdout
+    # The exporter serves HTTPS only (TLS 1.3, the internal CA's certificate beside its own).
+    tls_dir = edge_settings()["nginx_metrics_tls_dir"]
+    fetch_tls = (
+        "python3 -c 'import ssl,sys,urllib.request as u; c = ssl.create_default_context("
+        "cafile=sys.argv[2]); print(u.urlopen(sys.argv[1], context=c).read().decode())'"
+    )
+    metrics = lab.ssh(
+        "edge1", f"{fetch_tls} https://127.0.0.1:9113/metrics {tls_dir}/ca.crt"
+    ).stdout
     assert re.search(r"^nginx_up 1$", metrics, re.MULTILINE), "nginx_up is not 1"
     # Not on the edge's own address (the listener is 127.0.0.1 only), not from outside.
     assert port_state(lab, "edge1", "edge1", port) == "refused"

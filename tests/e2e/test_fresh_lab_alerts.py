@@ -36,13 +36,17 @@ def test_a_freshly_converged_lab_fires_no_alert() -> None:
     # groups' last evaluation must be recent, or ALERTS could be empty for lack of it.
     groups = query("time() - min(prometheus_rule_group_last_evaluation_timestamp_seconds)")
     assert groups and float(groups[0]["value"][1]) < 60, groups
+    # The same alert on several hosts: ordered by its labels too (dicts do not compare).
     shown = sorted(
-        (
-            a["metric"]["alertstate"],
-            a["metric"]["alertname"],
-            {k: v for k, v in a["metric"].items() if k not in ("__name__", "alertstate")},
-        )
-        for a in query("ALERTS")
+        [
+            (
+                a["metric"]["alertstate"],
+                a["metric"]["alertname"],
+                {k: v for k, v in a["metric"].items() if k not in ("__name__", "alertstate")},
+            )
+            for a in query("ALERTS")
+        ],
+        key=lambda alert: (alert[0], alert[1], sorted(alert[2].items())),
     )
     unexpected = []
     for state, name, labels in shown:
