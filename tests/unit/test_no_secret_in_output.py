@@ -102,6 +102,17 @@ EXCEPTIONS = {
     ("roles/nginx/tasks/admin_users.yml", "Remove basic-auth users no longer listed"): (
         "takes only the users' names from nginx_admin_users"
     ),
+    (
+        "roles/pgbackrest/tasks/preflight.yml",
+        "Assert each retired repository names a live one, an old path and its passphrase",
+    ): "its message prints the retired entry's name and path and the live names, no passphrase",
+    (
+        "roles/pgbackrest/tasks/preflight.yml",
+        "Assert a new passphrase comes with a new path, and the old path stays readable",
+    ): "its message prints repository names and paths; the passphrases are only compared",
+    ("roles/pgbackrest/tasks/restore_scratch.yml", "Assert the restore's inputs"): (
+        "its message prints repository names and the retired entries' paths, never a passphrase"
+    ),
     ("playbooks/redis-restore.yml", "Ask before data is replaced"): (
         "redis_restore_key is the snapshot's object name in the bucket, not a credential"
     ),
