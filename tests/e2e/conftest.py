@@ -53,9 +53,15 @@ class Lab:
         return f"{self.name}-{host}"
 
     def ssh(
-        self, host: str, command: str, check: bool = True, timeout: int = 60
+        self,
+        host: str,
+        command: str,
+        check: bool = True,
+        timeout: int = 60,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `command` as root on a lab host over SSH with the lab key, as Ansible does."""
+        """Run `command` as root on a lab host over SSH with the lab key, as Ansible does
+        (`stdin`: what the command reads, e.g. a secret that must not be in its arguments)."""
         address = self.hosts[host].address
         result = subprocess.run(
             [
@@ -77,6 +83,7 @@ class Lab:
                 f"root@{address}",
                 command,
             ],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import ssl
+import shlex
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,6 @@ ROTATED = (
 # keeps pgbackrest_<repo>_cipher_passphrase[.gN] and the path /pgbackrest[-gN].
 GENERATION = SECRETS.parent / "pgbackrest_generation"
 REPOS = ("s3", "azure", "gcs")
-PATRONI_CA = SECRETS / "internal-ca" / "ca.crt"
 
 
 def _generation_key(repo: str, generation: int) -> str:
@@ -48,14 +48,42 @@ def _generation_path(generation: int) -> str:
     return "/pgbackrest" + ("" if generation == 1 else f"-g{generation}")
 
 
-def _patroni(lab: Lab, host: str, path: str, password: str | None = None) -> httpx.Response:
-    """GET (or, with a password, an authenticated POST) on a member's REST API over HTTPS."""
-    url = f"https://{lab.hosts[host].address}:8008{path}"
-    tls = ssl.create_default_context(cafile=str(PATRONI_CA))
-    with httpx.Client(verify=tls, timeout=10) as c:
-        if password is None:
-            return c.get(url)
-        return c.post(url, auth=("patroni", password))
+# Run on the member itself: Patroni's REST port admits the database, app and monitoring
+# hosts, not the controller. The password reaches the request on its standard input.
+PATRONI_REQUEST = (
+    "import base64, json, ssl, sys, urllib.error, urllib.request as u; "
+    "a = json.load(sys.stdin); r = u.Request(a['url'], method=a['method']); "
+    "a['password'] and r.add_header('Authorization', 'Basic ' + "
+    "base64.b64encode(('patroni:' + a['password']).encode()).decode())\n"
+    "try:\n s = u.urlopen(r, context=ssl.create_default_context(cafile=a['ca']), timeout=10)\n"
+    "except urllib.error.HTTPError as e:\n s = e\n"
+    "print(json.dumps({'status': s.status if hasattr(s, 'status') else s.code, "
+    "'body': s.read().decode()}))"
+)
+
+
+class PatroniAnswer:
+    def __init__(self, status_code: int, body: str) -> None:
+        self.status_code, self.text = status_code, body
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def _patroni(lab: Lab, host: str, path: str, password: str | None = None) -> PatroniAnswer:
+    """GET (or, with a password, an authenticated POST) on a member's REST API over HTTPS,
+    asked on that member."""
+    request = {
+        "url": f"https://{lab.hosts[host].address}:8008{path}",
+        "method": "POST" if password else "GET",
+        "password": password or "",
+        "ca": "/etc/postgresql/pki/ca.crt",
+    }
+    out = lab.ssh(
+        host, f"python3 -c {shlex.quote(PATRONI_REQUEST)}", stdin=json.dumps(request), timeout=30
+    )
+    answer = json.loads(out.stdout)
+    return PatroniAnswer(int(answer["status"]), str(answer["body"]))
 
 
 def _leader(lab: Lab) -> tuple[str, int]:
