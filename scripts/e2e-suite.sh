@@ -20,7 +20,11 @@ set -uo pipefail
 results="$1"
 markers="${2:-e2e and not slow}"
 alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook"
-data_files=(tests/e2e/test_database*.py tests/e2e/test_backup*.py tests/e2e/test_redis*.py
+# The data tier's files that only share the tier go first: they run beside the app tier's
+# deploys (which hold the app tier alone), and the tests that hold the data tier alone
+# wait for those deploys anyway.
+data_files=(tests/e2e/test_backup*.py tests/e2e/test_redis_backup.py tests/e2e/test_database.py
+            tests/e2e/test_database_*.py tests/e2e/test_redis.py tests/e2e/test_redis_daytwo.py
             tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
 mkdir -p "$results"
 
