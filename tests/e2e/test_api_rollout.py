@@ -34,7 +34,8 @@ from tests.e2e.test_edge import ACCESS_LOG, edge_settings
 
 pytestmark = pytest.mark.e2e
 
-# Fast settings for the tests' deploys (production defaults are a 20 s watch, 30 s drain).
+# Fast settings for the tests' deploys (the lab's inventory: a 10 s watch, 10 s drain;
+# the role's defaults: 20 s, 30 s).
 FAST = ("app_watch_seconds=8", "app_drain_seconds=3", "app_ready_timeout=40")
 
 
@@ -291,7 +292,7 @@ def test_rollback_returns_to_the_previous_release(lab: Lab, tmp_path: Path) -> N
         assert deployed.returncode == 0, deployed.stdout[-3000:]
         new_colour, new_release = active(lab)
         assert new_colour != colour and new_release != release
-        # As the docs show it: no options (the drain is the default 30 s).
+        # As the docs show it: no options (the lab inventory's drain, 10 s).
         rolled = run_documented("rollback.yml")
         time.sleep(2)
     assert rolled.returncode == 0, rolled.stdout[-3000:]
