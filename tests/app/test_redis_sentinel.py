@@ -11,9 +11,11 @@ processes on loopback (tests/app/redis_sentinel_cluster.py renders the role's te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from zapora.infra.redis import NotReplicatedError
+from zapora.infra.redis import NotReplicatedError, redis_from_settings
 from zapora.settings import Settings
 
 from . import redis_sentinel_cluster as rsc
@@ -169,6 +171,58 @@ def test_the_api_runs_under_the_roles_acl_through_sentinel(
     primary = cluster.admin(cluster.primary_port())
     refused = primary.execute_command("ACL", "LOG")
     assert refused == [], f"the role's ACL refused commands the API sent: {refused}"
+
+
+class SilentPeer:
+    """A TCP listener on loopback that accepts and never answers: a Sentinel whose host is
+    gone, as far as a client's timeouts can tell. Counts the connections made to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_silent_first_sentinel_is_asked_once_then_the_next(
+    sentinel_settings: Settings,
+) -> None:
+    """The first Sentinel listed has gone silent (on the lab: its host killed with the
+    PostgreSQL leader and the Redis primary). A new connection asks it once, waits the
+    connect timeout, and asks the next: with redis-py's default retry every new connection
+    asked it 11 times, and the API's requests waited about 25 s."""
+    silent = SilentPeer()
+    settings = sentinel_settings.model_copy(
+        update={
+            "redis_sentinels": f"127.0.0.1:{silent.port}," + sentinel_settings.redis_sentinels,
+            "redis_connect_timeout_seconds": 0.3,
+        }
+    )
+
+    async def go() -> bool:
+        client = redis_from_settings(settings)
+        try:
+            return bool(await client.ping())
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(go()), "no answer through the Sentinels that do answer"
+        asked = len(silent.accepted)
+        assert asked == 1, f"the silent Sentinel was asked {asked} times"
+    finally:
+        silent.close()
 
 
 def test_the_api_user_is_refused_what_it_must_not_run(cluster: rsc.Cluster) -> None:

@@ -15,8 +15,9 @@ from typing import Any, cast
 
 from opentelemetry.trace import SpanKind
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from zapora.infra.breaker import BreakerRetry, CircuitBreaker
@@ -114,10 +115,15 @@ def redis_from_settings(settings: Settings) -> TracedRedis:
         ssl_on: dict[str, Any] = {"ssl": True} if settings.redis_tls_ca_file is not None else {}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             parse_sentinels(settings.redis_sentinels),
+            # A Sentinel that does not answer is asked once, then the next one. redis-py's
+            # default retry (10 attempts, each paying the connect timeout) held every new
+            # connection about 25 s when the host of the first Sentinel listed was killed on
+            # the lab (bench/failover.py), until that host came back.
             sentinel_kwargs={
                 **common,
                 **ssl_on,
                 "socket_timeout": settings.redis_connect_timeout_seconds,
+                "retry": Retry(NoBackoff(), 0),
             },
         )
         client = cast(
