@@ -69,8 +69,8 @@ def test_no_secret_crosses_the_lab_network_in_clear() -> None:
     )
     # The edge's upstream to the API colours is in what was searched (its first packet
     # stops tcpdump's read, a moment into the capture).
-    ports = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())["nginx_colour_ports"]
-    upstream = " or ".join(f"tcp port {port}" for port in ports.values())
+    edge = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
+    upstream = " or ".join(f"tcp port {port}" for port in edge["nginx_colour_ports"].values())
     first = subprocess.run(
         ["tcpdump", "-r", str(capture), "-nn", "-c", "1", upstream],
         capture_output=True, text=True, timeout=120, check=False,
