@@ -309,6 +309,21 @@ def test_the_api_port_serves_tls_1_3_only_with_its_certificate(
         assert cli.main(["healthcheck"]) == 0
         monkeypatch.delenv("ZAPORA_TLS_CERT_FILE")
         assert cli.main(["healthcheck"]) == 1
+        # A renewed certificate (written by rename, as Ansible does) is served after a
+        # SIGHUP: gunicorn's new workers load it (the app role's renewal step).
+        new_crt, new_key = srv.make_leaf(tmp_path, "internal-ca", "api2", "IP:127.0.0.1")
+        os.replace(new_key, key)
+        os.replace(new_crt, crt)
+        proc.send_signal(signal.SIGHUP)
+        host, port = url.removeprefix("https://").split(":")
+        deadline = time.monotonic() + 30
+        served = ""
+        while time.monotonic() < deadline:
+            served = ssl.get_server_certificate((host, int(port)), ca_certs=str(ca), timeout=5)
+            if served.strip() == crt.read_text().strip():
+                break
+            time.sleep(0.5)
+        assert served.strip() == crt.read_text().strip(), "the renewed certificate is not served"
     finally:
         proc.terminate()
         proc.wait(30)
