@@ -11,7 +11,8 @@ and each deploy's time from "idle colour ready" to "all edges switched".
 
 Then the edge's cost: wrk on the edge host, 10 s each, against the edge
 (https://127.0.0.1/menu-items, TLS and all) and straight to the active colour on one app
-host: the same cached GET from the same place, so the ratio is the edge's share.
+host (HTTPS, as the edge reaches it; wrk does not verify certificates): the same cached
+GET from the same place, so the ratio is the edge's share. req/s and p99 of each.
 `--edge-only` (`make bench-edge`, about a minute) measures only that, without the deploys.
 
 For the run, `playbooks/edge.yml` exempts the controller (the lab's gateway) and the edge's
@@ -37,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -102,15 +104,20 @@ def ssh(address: str, command: str, timeout: int = 120) -> subprocess.CompletedP
     )  # fmt: skip
 
 
-def wrk_rps(edge: str, url: str) -> float:
+WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk_rps(edge: str, url: str) -> tuple[float, float]:
+    """req/s and p99 (ms) of 10 s of wrk on the edge host against url."""
     out = ssh(edge, f"wrk -t2 -c16 -d10s --latency {url}", timeout=60)
     match = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", out.stdout, re.MULTILINE)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out.stdout)
-    if not match:
+    if not match or not p99:
         raise SystemExit(f"wrk failed on the edge host: {out.stdout}{out.stderr}")
     if non2xx:
         print(f"  note: {non2xx.group(1)} non-2xx answers from {url}")
-    return float(match.group(1))
+    return float(match.group(1)), float(p99.group(1)) * WRK_UNITS_MS[p99.group(2)]
 
 
 def edge_cost() -> None:
@@ -120,15 +127,21 @@ def edge_cost() -> None:
     app_host = inv["app"]["hosts"][0]  # type: ignore[index]
     app = hostvars[app_host]["ansible_host"]
     state = json.loads(ssh(app, "cat /var/lib/zapora/rollout/state.json").stdout)
-    port = {"blue": 8001, "green": 8002}[state["active"]]
+    edge_defaults = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
+    port = edge_defaults["nginx_colour_ports"][state["active"]]
+    # The colour port's scheme is the edge's for that colour (nginx_upstream_tls).
+    tls = edge_defaults.get("nginx_upstream_tls", {}).get(state["active"], False)
     install_wrk = "command -v wrk || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk"
     install = ssh(edge, install_wrk, timeout=300)
     if install.returncode != 0:
         raise SystemExit(f"cannot install wrk on the edge host: {install.stderr}")
-    through = wrk_rps(edge, f"https://127.0.0.1{PATH}")
-    direct = wrk_rps(edge, f"http://{app}:{port}{PATH}")
-    print(f"GET {PATH} req/s through the edge (TLS): {through:.0f}")
-    print(f"GET {PATH} req/s straight to {app_host}:{port}: {direct:.0f}")
+    through, through_p99 = wrk_rps(edge, f"https://127.0.0.1{PATH}")
+    direct, direct_p99 = wrk_rps(edge, f"{'https' if tls else 'http'}://{app}:{port}{PATH}")
+    print(f"GET {PATH} through the edge (TLS): {through:.0f} req/s, p99 {through_p99:.1f} ms")
+    print(
+        f"GET {PATH} straight to {app_host}:{port} ({'TLS' if tls else 'plain'}): "
+        f"{direct:.0f} req/s, p99 {direct_p99:.1f} ms"
+    )
     print(f"edge cost: through/direct = {through / direct:.2f}")
 
 

@@ -29,9 +29,9 @@ data_files=(tests/e2e/test_backup*.py tests/e2e/test_redis_backup.py tests/e2e/t
 mkdir -p "$results"
 
 # --- The capture: every packet to, from or between the lab's hosts but SSH (the image
-# archives deploys copy, and SSH is encrypted by itself) and the edge's plain upstream to
-# the API colours (below), on every interface of this
-# machine (each host's veth and the bridge). Then a canary in clear to the edge's plain
+# archives deploys copy, and SSH is encrypted by itself), the edge's upstream to the API
+# colours (TLS 1.3) included, on every interface of this machine (each host's veth and
+# the bridge). Then a canary in clear to the edge's plain
 # HTTP port: the search must find it, or it proves nothing.
 capture="$results/lab-traffic.pcap"
 traffic_test="tests/e2e/test_lab_traffic.py"
@@ -39,14 +39,7 @@ subnet="$(python3 -c 'import yaml; print(yaml.safe_load(open("inventory/lab/grou
 edge="$(python3 -c 'import yaml; h = yaml.safe_load(open("inventory/lab/hosts.yml"))["all"]
 print(h["hosts"][next(iter(h["children"]["edge"]["hosts"]))]["ansible_host"])')"
 rm -f "$capture"
-# Not captured: the edge's upstream to the API colours (nginx_colour_ports), plain HTTP
-# today (docs/operator-guide.md, "Internal TLS"); test_lab_traffic.py lists it as not run.
-colour_ports="$(python3 -c 'import yaml; d = yaml.safe_load(open("roles/nginx/defaults/main.yml"))
-print(" ".join(str(p) for p in d["nginx_colour_ports"].values()))')"
-not_colours=""
-for p in $colour_ports; do not_colours+=" and not port $p"; done
-export ZAPORA_LAB_CAPTURE_UNCAPTURED_PORTS="$colour_ports"
-tcpdump -i any -nn -s 0 -U -Z root -w "$capture" "net $subnet and not port 22$not_colours" 2>"$results/tcpdump.log" &
+tcpdump -i any -nn -s 0 -U -Z root -w "$capture" "net $subnet and not port 22" 2>"$results/tcpdump.log" &
 tcpdump_pid=$!
 for _ in $(seq 50); do grep -q "listening on" "$results/tcpdump.log" && break; sleep 0.2; done
 canary="zapora-capture-canary-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"

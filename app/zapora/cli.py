@@ -128,14 +128,26 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _healthcheck(args: argparse.Namespace) -> int:
-    """Liveness probe for the container's HEALTHCHECK: the port follows ZAPORA_BIND."""
+    """Liveness probe for the container's HEALTHCHECK: the port follows ZAPORA_BIND, the
+    scheme ZAPORA_TLS_CERT_FILE (gunicorn_conf serves TLS when it is set)."""
+    import ssl
     import urllib.request
 
     host, _, port = os.environ.get("ZAPORA_BIND", "127.0.0.1:8000").rpartition(":")
     if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - a wildcard bind, probed on loopback
         host = "127.0.0.1"
+    context = None
+    scheme = "http"
+    if os.environ.get("ZAPORA_TLS_CERT_FILE"):
+        scheme = "https"
+        # This process asking its own container on loopback whether it lives: no credential
+        # is sent, and the edge and the deploy verify the certificate (docs/operator-guide.md).
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    url = f"{scheme}://{host}:{port}/health/live"
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/health/live", timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2, context=context) as r:  # noqa: S310 - fixed scheme
             return 0 if r.status == 200 else 1
     except OSError:
         return 1

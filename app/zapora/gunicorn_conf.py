@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 from typing import Any
 
 from zapora.infra.logging import setup_logging
@@ -13,7 +14,13 @@ setup_logging(os.environ.get("ZAPORA_LOG_LEVEL", "INFO"))
 
 bind = os.environ.get("ZAPORA_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("ZAPORA_WORKERS", "2"))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "zapora.gunicorn_worker.UvicornWorker"
+# TLS on the API's port (the edge's upstream, docs/operator-guide.md "Internal TLS"): a
+# certificate from the internal CA and its key, both files; unset, the port is plain HTTP
+# (development, the app's tests). Read again by every new worker, so a renewed certificate
+# is served after a SIGHUP to the master (workers replaced gracefully), without a restart.
+certfile = os.environ.get("ZAPORA_TLS_CERT_FILE") or None
+keyfile = os.environ.get("ZAPORA_TLS_KEY_FILE") or None
 # On SIGTERM gunicorn stops accepting and gives in-flight requests this long to finish.
 graceful_timeout = int(os.environ.get("ZAPORA_GRACEFUL_TIMEOUT", "30"))
 timeout = 60
@@ -39,6 +46,13 @@ logconfig_dict: dict[str, Any] = {
 control_socket_disable = True
 # Workers must not share a connection pool created before fork.
 preload_app = False
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Any) -> ssl.SSLContext:
+    """TLS 1.3 only: every client of this port is ours (the edge, the deploy's checks)."""
+    context: ssl.SSLContext = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
 
 
 def on_starting(server: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from zapora import cli
 
 from . import servers as srv
 from .conftest import Catalog, People
@@ -68,8 +71,10 @@ class Running:
 
 
 def start_gunicorn(
-    servers: srv.Servers, secret_file: Path, tmp: Path, **env: str
+    servers: srv.Servers, secret_file: Path, tmp: Path, ca: Path | None = None, **env: str
 ) -> tuple[str, subprocess.Popen[bytes]]:
+    """`zapora serve` on a free port; with ZAPORA_TLS_CERT_FILE in env it serves HTTPS and
+    is checked against ca."""
     port = srv.free_port()
     metrics_port = srv.free_port()
     metrics_dir = tmp / "prom"
@@ -92,11 +97,12 @@ def start_gunicorn(
         },
         stdout=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if 'ZAPORA_TLS_CERT_FILE' in env else 'http'}://127.0.0.1:{port}"
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else True
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health/ready", timeout=1).status_code == 200:
+            if httpx.get(url + "/health/ready", timeout=1, verify=verify).status_code == 200:
                 return url, proc
         except httpx.HTTPError:
             pass
@@ -274,3 +280,50 @@ def test_sigterm_drains_in_flight_requests(
     thread.join(30)
     assert result["response"].status_code == 200
     assert proc.wait(30) == 0
+
+
+def test_the_api_port_serves_tls_1_3_only_with_its_certificate(
+    servers: srv.Servers, secret_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The colour port as the app role runs it (ZAPORA_TLS_CERT_FILE/KEY_FILE): a client
+    verifying against the CA gets TLS 1.3; TLS 1.2 and plain HTTP get no answer; the
+    container's liveness probe follows the scheme."""
+    ca = srv.make_ca(tmp_path, "internal-ca")
+    crt, key = srv.make_leaf(tmp_path, "internal-ca", "api", "DNS:api.zapora.internal,IP:127.0.0.1")
+    url, proc = start_gunicorn(
+        servers, secret_file, tmp_path, ca,
+        ZAPORA_TLS_CERT_FILE=str(crt), ZAPORA_TLS_KEY_FILE=str(key),
+    )  # fmt: skip
+    try:
+        verified = ssl.create_default_context(cafile=ca)
+        with httpx.Client(verify=verified) as client:
+            assert client.get(url + "/health/live").status_code == 200
+        tls12 = ssl.create_default_context(cafile=ca)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/health/live", verify=tls12, timeout=5)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/health/live", timeout=5)
+        monkeypatch.setenv("ZAPORA_BIND", url.removeprefix("https://"))
+        monkeypatch.setenv("ZAPORA_TLS_CERT_FILE", str(crt))
+        assert cli.main(["healthcheck"]) == 0
+        monkeypatch.delenv("ZAPORA_TLS_CERT_FILE")
+        assert cli.main(["healthcheck"]) == 1
+        # A renewed certificate (written by rename, as Ansible does) is served after a
+        # SIGHUP: gunicorn's new workers load it (the app role's renewal step).
+        new_crt, new_key = srv.make_leaf(tmp_path, "internal-ca", "api2", "IP:127.0.0.1")
+        os.replace(new_key, key)
+        os.replace(new_crt, crt)
+        proc.send_signal(signal.SIGHUP)
+        host, port = url.removeprefix("https://").split(":")
+        deadline = time.monotonic() + 30
+        served = ""
+        while time.monotonic() < deadline:
+            served = ssl.get_server_certificate((host, int(port)), ca_certs=str(ca), timeout=5)
+            if served.strip() == crt.read_text().strip():
+                break
+            time.sleep(0.5)
+        assert served.strip() == crt.read_text().strip(), "the renewed certificate is not served"
+    finally:
+        proc.terminate()
+        proc.wait(30)

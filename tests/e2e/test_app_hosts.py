@@ -166,16 +166,19 @@ def test_the_stopped_colour_is_kept_and_its_port_closed(lab: Lab) -> None:
         assert port_state(lab, "edge1", host, port) == "refused", (host, port)
 
 
-# Run on edge1: GET each path of the colour's port (argv: base URL, bearer token, paths)
-# and print {path: [status, body]}.
+# Run on edge1: GET each path of the colour's port over HTTPS, verified against the
+# internal CA as the edge holds it (argv: CA file, base URL, bearer token, paths), and
+# print {path: [status, body]}.
+EDGE_INTERNAL_CA = "/etc/nginx/zapora/internal-ca.crt"
 FETCH = """\
-import json, sys, urllib.error, urllib.request
-base, token, paths = sys.argv[1], sys.argv[2], sys.argv[3:]
+import json, ssl, sys, urllib.error, urllib.request
+ca, base, token, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+context = ssl.create_default_context(cafile=ca)
 out = {}
 for path in paths:
     req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + token})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
             out[path] = [r.status, r.read().decode()]
     except urllib.error.HTTPError as e:
         out[path] = [e.code, e.read().decode()]
@@ -189,11 +192,10 @@ def test_active_colour_serves_the_edge_from_the_migrated_schema(lab: Lab) -> Non
     token = auth["Authorization"].removeprefix("Bearer ")
     for host in lab.groups["app"]:
         active, _, _ = colours(lab, host)
-        base = f"http://{lab.hosts[host].address}:{colour_port(active)}"
+        base = f"https://{lab.hosts[host].address}:{colour_port(active)}"
         paths = ["/health/ready", "/users/me", "/menus?limit=1"]
-        cmd = f"python3 -c {shlex.quote(FETCH)} {base} {shlex.quote(token)} " + " ".join(
-            shlex.quote(p) for p in paths
-        )
+        cmd = f"python3 -c {shlex.quote(FETCH)} {EDGE_INTERNAL_CA} {base} {shlex.quote(token)} "
+        cmd += " ".join(shlex.quote(p) for p in paths)
         answers = json.loads(lab.ssh("edge1", cmd).stdout)
         status, body = answers["/health/ready"]
         assert status == 200, (host, body)

@@ -7,7 +7,9 @@ Each probe runs on a host the firewall admits to that port (an app host for Post
 Redis and Sentinel; mon1, the monitoring host and an etcd member, for Patroni's REST API,
 etcd and the exporters it scrapes: node_exporter on a database and an app host,
 postgres_exporter, redis_exporter, etcd's metrics listener, the edge's exporter and its
-mtail behind nginx), so a refusal is the server's, not the firewall's. Not covered:
+mtail behind nginx; edge1 for the API's active colour port on each app host, the edge's
+upstream, verified by the name nginx checks), so a refusal is the server's, not the
+firewall's. Not covered:
 Prometheus's and Alertmanager's own UIs, plain HTTP to the monitoring and admin hosts
 (docs/architecture.md)."""
 
@@ -21,13 +23,18 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.e2e.conftest import Lab, run_documented
+from tests.e2e.conftest import Lab, app_state, run_documented
+from tests.e2e.test_app_hosts import colour_port, role_defaults
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app", "data"))]
 
 # The internal CA's certificate as each probing host holds it (the app role's Compose
 # secret; the etcd member's copy).
-CA_ON = {"app1": "/etc/zapora/secrets/internal_ca", "mon1": "/etc/etcd/pki/ca.crt"}
+CA_ON = {
+    "app1": "/etc/zapora/secrets/internal_ca",
+    "mon1": "/etc/etcd/pki/ca.crt",
+    "edge1": "/etc/nginx/zapora/internal-ca.crt",
+}
 # etcd asks its clients for a certificate: mon1 shows its member certificate on the
 # client and peer ports, Prometheus's on the metrics port (as its scrapes do).
 CLIENT_CERT = {
@@ -56,6 +63,16 @@ ENDPOINTS = [
     ("mon1", "edge1", 9113, "http"),  # nginx's exporter
     ("mon1", "edge1", 3903, "http"),  # mtail, behind nginx
 ]
+
+
+def endpoints(lab: Lab) -> list[tuple[str, str, int, str]]:
+    """ENDPOINTS and the edge's upstream: the active colour's API port on each app host."""
+    upstreams = [
+        ("edge1", host, colour_port(str(app_state(lab, host)["active"])), "http")
+        for host in lab.groups["app"]
+    ]
+    return ENDPOINTS + upstreams
+
 
 # One plaintext exchange per endpoint: connect, send what a plain client would, read the
 # first answer. Prints {"host:port": "refused" | "filtered" | "reset" | <reply, latin-1>}.
@@ -94,10 +111,10 @@ print(json.dumps(out))
 """
 
 
-def plain_replies(lab: Lab, client: str) -> dict[str, str]:
+def plain_replies(lab: Lab, client: str, probed: list[tuple[str, str, int, str]]) -> dict[str, str]:
     args = [
         f"{lab.hosts[target].address}:{port}:{kind}"
-        for host, target, port, kind in ENDPOINTS
+        for host, target, port, kind in probed
         if host == client
     ]
     cmd = f"python3 -c {shlex.quote(PLAIN_PROBE)} {' '.join(args)}"
@@ -121,9 +138,10 @@ def refused_in_clear(kind: str, reply: str) -> bool:
 
 
 def test_a_plaintext_client_is_turned_away_on_every_internal_port(lab: Lab) -> None:
-    replies = {**plain_replies(lab, "app1"), **plain_replies(lab, "mon1")}
+    probed = endpoints(lab)
+    replies = {k: v for client in CA_ON for k, v in plain_replies(lab, client, probed).items()}
     wrong = {}
-    for _, target, port, kind in ENDPOINTS:
+    for _, target, port, kind in probed:
         key = f"{lab.hosts[target].address}:{port}"
         if not refused_in_clear(kind, replies[key]):
             wrong[f"{target}:{port}"] = replies[key][:160]
@@ -134,9 +152,14 @@ def s_client(lab: Lab, client: str, target: str, port: int, version: str) -> tup
     address = lab.hosts[target].address
     extra = "-starttls postgres" if port == 5432 else ""
     extra += f" {CLIENT_CERT[port]}" if port in CLIENT_CERT else ""
+    # The edge checks the API's certificate against the name every app host's carries
+    # (nginx's proxy_ssl_name); every other client against the address it connects to.
+    verify = f"-verify_ip {address}"
+    if client == "edge1":
+        verify = f"-verify_hostname {role_defaults()['app_api_tls_name']}"
     cmd = (
         f"timeout 10 openssl s_client -connect {address}:{port} {version} -brief "
-        f"-CAfile {CA_ON[client]} -verify_return_error -verify_ip {address} {extra} "
+        f"-CAfile {CA_ON[client]} -verify_return_error {verify} {extra} "
         "</dev/null 2>&1"
     )
     out = lab.ssh(client, cmd, check=False, timeout=30)
@@ -145,7 +168,7 @@ def s_client(lab: Lab, client: str, target: str, port: int, version: str) -> tup
 
 def test_tls_1_3_verified_by_the_internal_ca_and_tls_1_2_refused(lab: Lab) -> None:
     problems = []
-    for client, target, port, _ in ENDPOINTS:
+    for client, target, port, _ in endpoints(lab):
         rc13, out13 = s_client(lab, client, target, port, "-tls1_3")
         if rc13 != 0 or "Protocol version: TLSv1.3" not in out13 or "Verification: OK" not in out13:
             problems.append(f"{target}:{port} TLS 1.3 with the internal CA failed: {out13[-300:]}")

@@ -87,3 +87,28 @@ def test_every_header_is_added_always_and_hidden_from_upstreams() -> None:
         assert f"proxy_hide_header {name};" in proxy, name
     for name in ("X-Powered-By", "Server", "X-AspNet-Version", "X-Runtime"):
         assert f"proxy_hide_header {name};" in proxy, name
+
+
+def test_the_api_upstream_is_tls_1_3_verified_by_the_internal_ca() -> None:
+    """The edge's upstream to the API colours (upstream-tls.conf, in both API locations):
+    TLS 1.3 only, verified against the internal CA and the name every app host's
+    certificate carries (the app role's app_api_tls_name), sessions reused."""
+    d = defaults()
+    role_vars = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+    ca = role_vars["_nginx_upstream_ca_file"]
+    lines = render("upstream-tls.conf.j2", {**d, "_nginx_upstream_ca_file": ca})
+    for directive in (
+        "proxy_ssl_protocols TLSv1.3;",
+        "proxy_ssl_verify on;",
+        f"proxy_ssl_trusted_certificate {ca};",
+        f"proxy_ssl_name {d['nginx_upstream_tls_name']};",
+        "proxy_ssl_session_reuse on;",
+    ):
+        assert directive in lines, directive
+    app = yaml.safe_load((ROLE.parent / "app" / "defaults" / "main.yml").read_text())
+    assert d["nginx_upstream_tls_name"] == app["app_api_tls_name"]
+    assert d["nginx_upstream_tls"] == dict.fromkeys(d["nginx_colour_ports"], True)
+    edge = [line.strip() for line in (ROLE / "templates" / "edge.conf.j2").read_text().splitlines()]
+    api_passes = [line for line in edge if "zapora_$zapora_active_colour" in line]
+    assert api_passes == ["proxy_pass $zapora_upstream_scheme://zapora_$zapora_active_colour;"] * 2
+    assert edge.count("include /etc/nginx/zapora/upstream-tls.conf;") == 2
