@@ -65,7 +65,7 @@ def run_by_ci() -> set[Shape]:
     test = _make_recipe("test")
     steps = set(re.findall(r"\bfor t in ([a-z -]+);", test))
     names = {n for group in steps for n in group.split()}
-    names |= set(re.findall(r"\$\(call step,([a-z0-9-]+)\)", test))
+    names |= set(re.findall(r"\$\(call step,([a-z0-9-]+)[,)]", test))
     names |= set(re.findall(r"\$\(MAKE\) --no-print-directory ([a-z0-9-]+)", test))
     assert {"lab", "lint", "test-unit", "test-app", "test-roles"} <= names, names
     # make setup runs first in every target that needs it (their prerequisite).
