@@ -186,7 +186,7 @@ define step
 	mkdir -p $(RESULTS); echo "$(1) $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt
 endef
 
-test:  ## every test: the lab and the end-to-end suite in the background from the start, beside lint, unit, rules and app, then molecule once the lab is up; a summary
+test:  ## every test: the lab and the end-to-end suite in the background from the start, beside lint, unit, rules, app and molecule; a summary
 	@rm -rf $(RESULTS); mkdir -p $(RESULTS); rc=0; \
 	for t in setup-test image; do $(call step,$$t); done; \
 	echo "==== make lab, then make test-e2e-suite, in the background from here on (logs: $(RESULTS)/lab.log, $(RESULTS)/e2e.log)"; \
@@ -194,9 +194,7 @@ test:  ## every test: the lab and the end-to-end suite in the background from th
 	  if $(MAKE) --no-print-directory lab >$(RESULTS)/lab.log 2>&1; then s=ok; else s=FAILED; fi; \
 	  echo $$s >$(RESULTS)/lab.rc; echo "lab $$s $$(( $$(date +%s) - start ))" >>$(RESULTS)/targets.txt; \
 	  if [ $$s = ok ]; then ( $(call step,test-e2e-suite) ) >$(RESULTS)/e2e.log 2>&1; fi ) & lab_pid=$$!; \
-	for t in api-image lint sast test-unit test-rules test-app; do $(call step,$$t,nice -n 10); done; \
-	while [ ! -e $(RESULTS)/lab.rc ]; do sleep 5; done; \
-	$(call step,test-roles,nice -n 10); \
+	for t in api-image lint sast test-unit test-rules test-app test-roles; do $(call step,$$t,nice -n 10); done; \
 	wait $$lab_pid || true; \
 	if [ "$$(cat $(RESULTS)/lab.rc 2>/dev/null)" = ok ]; then \
 	  echo "==== make lab: ok"; cat $(RESULTS)/e2e.log; \
