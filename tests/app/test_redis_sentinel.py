@@ -30,13 +30,14 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from zapora.infra.redis import NotReplicatedError, redis_from_settings
+from zapora.infra.redis import NotReplicatedError
 from zapora.settings import Settings
 
 from . import redis_sentinel_cluster as rsc
 from . import servers as srv
 from .conftest import app_for, login, make_settings, register, relay_outbox
 from .test_outbox import consume_once, outbox_row, recorded
+from .test_redis_tls import ping_with
 
 FORBIDDEN = [
     ("CONFIG", "GET", "maxmemory"),
@@ -210,15 +211,8 @@ def test_a_silent_first_sentinel_is_asked_once_then_the_next(
         }
     )
 
-    async def go() -> bool:
-        client = redis_from_settings(settings)
-        try:
-            return bool(await client.ping())
-        finally:
-            await client.aclose()
-
     try:
-        assert asyncio.run(go()), "no answer through the Sentinels that do answer"
+        assert ping_with(settings), "no answer through the Sentinels that do answer"
         asked = len(silent.accepted)
         assert asked == 1, f"the silent Sentinel was asked {asked} times"
     finally:

@@ -39,6 +39,11 @@ def api_ping(port: int, ca: Path | None) -> bool:
         redis_tls_ca_file=ca,
         redis_retries=0,
     )
+    return ping_with(settings)
+
+
+def ping_with(settings: Settings) -> bool:
+    """One PING through the API's own client (redis_from_settings) built from `settings`."""
 
     async def go() -> bool:
         client = redis_from_settings(settings)
