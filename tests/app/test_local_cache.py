@@ -132,8 +132,11 @@ def test_half_open_subscription_is_not_trusted(servers: srv.Servers) -> None:
             # lost. The copy is distrusted within `trust` of the last delivery.
             relay.freeze()
             direct.publish("test:half-open", b"x")
+            # `trust` is 0.6 s; the bound leaves room for a loaded CI machine's scheduling
+            # (0.78 s seen beside the lab) and stays under `reconnect` (1.5 s), the only other
+            # way the copy could go.
             waited = await _until(lambda: cache.get(b"k") is None, 2)
-            assert waited <= 0.6 + 0.1, waited
+            assert waited < 1.2, waited
             cache.put(b"k", Body(b"v"), cache.generation)
             assert cache.get(b"k") is None  # nothing is stored while untrusted either
             # After `reconnect` of silence it resubscribes, once the path works again.
