@@ -9,11 +9,14 @@
   overlay of the lab's inventory: the operator's "edit group_vars") and the play re-run:
   the data nodes restart one at a time (the replica, then the primary after one Sentinel
   failover), every node runs the new value, 0 orders fail, none acknowledged is lost.
-  Then the same with the lab's own inventory puts the old value back (a second rolling
-  restart, measured the same way).
+  Afterwards the test puts the lab back as it was without a second rolling restart (it
+  would measure the same thing again: 110 s of CI with the data tier held alone): each
+  node's configuration file as the role rendered it from the lab's inventory (kept
+  before the change) and the old value set live (CONFIG SET), so the next run of the
+  role finds nothing to change.
 
-Cost on the lab: the refusal about 15-25 s; the change and its revert two runs of the
-play with a rolling restart each (printed per run).
+Cost on the lab: the refusal about 15-25 s; the change one run of the play with a
+rolling restart (printed).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data
 CHANGED_MAXMEMORY = "257mb"
 CHANGED_BYTES = str(257 * 1024 * 1024)
 LAB_BYTES = str(256 * 1024 * 1024)
+CONF = "/etc/redis/zapora/redis.conf"
 
 
 def folded(text: str) -> str:
@@ -161,9 +165,16 @@ def test_a_changed_setting_restarts_one_data_node_at_a_time_under_orders(
     wait_healthy(lab, client, 60)
     assert {m for _, m in node_state(lab, client).values()} == {LAB_BYTES}
     changed = overlay_with("redis-maxmemory", f"redis_maxmemory: {CHANGED_MAXMEMORY}")
+    nodes = data_nodes(lab)
+    on_every(lab, list(nodes.values()), f"cp -p {CONF} {CONF}.e2e-before")
     try:
         rolling_change(lab, client, changed, CHANGED_BYTES)
     finally:
-        # Back to the lab's inventory: the old value, by the same rolling restart.
-        rolling_change(lab, client, INVENTORY, LAB_BYTES)
+        # Back to the lab's inventory without a restart: the file the role rendered from
+        # it, and the old value set live.
+        on_every(lab, list(nodes.values()), f"mv {CONF}.e2e-before {CONF}")
+        live = ("CONFIG", "SET", "maxmemory", LAB_BYTES)
+        replies = ask(lab, client, *(Call(a, live, "admin") for a in nodes))
+        assert replies == ["OK"] * len(nodes), replies
         wait_api_ready(60)
+    assert {m for _, m in node_state(lab, client).values()} == {LAB_BYTES}
