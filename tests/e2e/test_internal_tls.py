@@ -7,9 +7,10 @@ Each probe runs on a host the firewall admits to that port (an app host for Post
 Redis and Sentinel; mon1, the monitoring host and an etcd member, for Patroni's REST API,
 etcd and the exporters it scrapes: node_exporter on a database and an app host,
 postgres_exporter, redis_exporter, etcd's metrics listener, the edge's exporter and its
-mtail behind nginx; edge1 for the API's active colour port on each app host, the edge's
-upstream, verified by the name nginx checks), so a refusal is the server's, not the
-firewall's. Not covered:
+mtail behind nginx, and the active colour's API and worker metrics ports on each app host,
+verified by the name Prometheus checks; edge1 for the API's active colour port on each app
+host, the edge's upstream, verified by the name nginx checks), so a refusal is the
+server's, not the firewall's. Not covered:
 Prometheus's and Alertmanager's own UIs, plain HTTP to the monitoring and admin hosts
 (docs/architecture.md)."""
 
@@ -24,7 +25,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Lab, app_state, run_documented
-from tests.e2e.test_app_hosts import colour_port, role_defaults
+from tests.e2e.test_app_hosts import role_defaults
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app", "data"))]
 
@@ -65,13 +66,22 @@ ENDPOINTS = [
 ]
 
 
+def colour_ports() -> dict[str, dict[str, int]]:
+    """The app role's ports per colour: api (the edge's upstream), api_metrics, worker_metrics."""
+    ports: dict[str, dict[str, int]] = role_defaults()["app_colour_ports"]  # type: ignore[assignment]
+    return ports
+
+
 def endpoints(lab: Lab) -> list[tuple[str, str, int, str]]:
-    """ENDPOINTS and the edge's upstream: the active colour's API port on each app host."""
-    upstreams = [
-        ("edge1", host, colour_port(str(app_state(lab, host)["active"])), "http")
-        for host in lab.groups["app"]
-    ]
-    return ENDPOINTS + upstreams
+    """ENDPOINTS and, on each app host, the active colour's ports: its API port from edge1
+    (the edge's upstream), its API and worker metrics ports from mon1 (Prometheus's scrape;
+    the firewall opens them to the monitoring hosts only)."""
+    out = list(ENDPOINTS)
+    for host in lab.groups["app"]:
+        ports = colour_ports()[str(app_state(lab, host)["active"])]
+        out.append(("edge1", host, ports["api"], "http"))
+        out += [("mon1", host, ports[name], "http") for name in ("api_metrics", "worker_metrics")]
+    return out
 
 
 # One plaintext exchange per endpoint: connect, send what a plain client would, read the
@@ -152,10 +162,11 @@ def s_client(lab: Lab, client: str, target: str, port: int, version: str) -> tup
     address = lab.hosts[target].address
     extra = "-starttls postgres" if port == 5432 else ""
     extra += f" {CLIENT_CERT[port]}" if port in CLIENT_CERT else ""
-    # The edge checks the API's certificate against the name every app host's carries
-    # (nginx's proxy_ssl_name); every other client against the address it connects to.
+    # The colour ports' certificate is checked against the name every app host's carries,
+    # as nginx (proxy_ssl_name) and Prometheus (server_name) check it; every other port
+    # against the address the client connects to.
     verify = f"-verify_ip {address}"
-    if client == "edge1":
+    if port in {p for ports in colour_ports().values() for p in ports.values()}:
         verify = f"-verify_hostname {role_defaults()['app_api_tls_name']}"
     cmd = (
         f"timeout 10 openssl s_client -connect {address}:{port} {version} -brief "

@@ -266,18 +266,19 @@ def test_scrape_jobs_are_the_inventorys(lab: Lab) -> None:
             t["labels"].get("host", "<none>") for t in targets if t["labels"]["job"] == job
         )
         assert labelled == sorted(hosts), f"job {job}: host labels {labelled}, want {sorted(hosts)}"
-    # Jobs with `tls` scrape over HTTPS (the exporters serve nothing else).
+    # Jobs with `tls` and the file_sd jobs (the API's and worker's metrics ports) scrape
+    # over HTTPS (those ports serve nothing else).
     tls_jobs = {
         j["job"]
         for j in setting("prometheus", "prometheus_scrape_jobs_default")
         + setting("prometheus", "prometheus_scrape_jobs_custom")
         if j.get("tls")
-    }
+    } | file_sd
     schemes = {(t["labels"]["job"], t["scrapeUrl"].split(":")[0]) for t in targets}
     wrong = {
         (job, scheme)
         for job, scheme in schemes
-        if job in static and scheme != ("https" if job in tls_jobs else "http")
+        if scheme != ("https" if job in tls_jobs else "http")
     }
     assert not wrong, f"jobs scraped with the wrong scheme: {wrong}"
     print(f"{len(targets)} targets in jobs {sorted(jobs)}; over HTTPS: {sorted(tls_jobs)}")
