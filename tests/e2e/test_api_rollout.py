@@ -121,6 +121,19 @@ class Load:
             seen[ports.get(upstream.rsplit(":", 1)[-1], f"not a colour: {upstream!r}")] += 1
         return seen
 
+    def hosts(self, lab: Lab) -> Counter[str]:
+        """How many of this load's requests each app host answered (the last upstream the
+        edge tried: a refused one comes first in upstream_addr)."""
+        by_address = {lab.hosts[h].address: h for h in lab.groups["app"]}
+        out = lab.ssh(
+            lab.groups["edge"][0], f'grep -hF \'"request_id":"{self.prefix}-\' {ACCESS_LOG}'
+        ).stdout
+        seen: Counter[str] = Counter()
+        for line in out.splitlines():
+            last = str(json.loads(line).get("upstream_addr") or "").split(",")[-1].strip()
+            seen[by_address.get(last.rsplit(":", 1)[0], f"not an app host: {last!r}")] += 1
+        return seen
+
 
 def edge_colour_ports() -> dict[str, int]:
     return {str(c): int(p) for c, p in edge_settings()["nginx_colour_ports"].items()}
@@ -180,6 +193,50 @@ def test_second_deploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
     assert result.returncode == 0, result.stdout[-3000:]
     assert "nothing to deploy" in result.stdout
     assert active(lab) == before
+
+
+@pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
+def test_a_host_without_a_colour_joins_with_the_same_release(lab: Lab) -> None:
+    """An app host added to the inventory has no colour: deploy.yml with the active release
+    brings it into service (docs/operator-guide.md, "Add an app host"). The last app host
+    is made such a host: its colours stopped (the edge passes its requests to the others),
+    its state moved aside."""
+    colour, release = active(lab)
+    host = lab.groups["app"][-1]
+    state = "/var/lib/zapora/rollout/state.json"
+    colours = "docker ps -q --filter label=com.docker.compose.project.working_dir=/opt/zapora/"
+    lab.ssh(
+        host,
+        f'ids=$({colours}blue; {colours}green); [ -z "$ids" ] || docker stop -t 30 $ids; '
+        f"mv {state} {state}.e2e-joined",
+    )
+    try:
+        with Load() as load:
+            result = run_playbook("deploy.yml", *FAST)
+            time.sleep(2)
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert "nothing to deploy" not in result.stdout
+        said = " ".join(result.stdout.split())
+        assert f"No colour yet on {host}:" in said, result.stdout[-3000:]
+        new_colour, new_release = active(lab)
+        assert (new_colour, new_release) == ("green" if colour == "blue" else "blue", release)
+        print(f"{host} joined ({colour} -> {new_colour}) under load: {dict(load.status)}")
+        assert load.failed == 0, f"clients saw failures: {dict(load.status)}"
+        assert load.served >= 10, f"too few requests to say anything: {dict(load.status)}"
+        # The host serves through the edge from then on.
+        with Load() as after:
+            time.sleep(8)
+        assert after.failed == 0, dict(after.status)
+        assert after.hosts(lab)[host] > 0, dict(after.hosts(lab))
+    finally:
+        # A failed join leaves the host as it was before the test.
+        lab.ssh(
+            host,
+            f"test -e {state} || {{ mv {state}.e2e-joined {state}; "
+            f"docker start $(docker ps -aq --filter label=com.docker.compose.project.working_dir="
+            f"/opt/zapora/{colour}); }}; rm -f {state}.e2e-joined",
+            check=False,
+        )
 
 
 def _bad_deploy(
