@@ -127,7 +127,7 @@ def test_rotate_every_secret_under_load(lab: Lab) -> None:
 
     started, started_wall = time.monotonic(), time.time()
     with OrderWriter(limit_s=900) as writer:
-        result = run_documented("rotate-secrets.yml", timeout=900)
+        result = run_documented("rotate-secrets.yml", "--diff", "-v", timeout=900)
     seconds = time.monotonic() - started
     timing = re.search(r"rotation seconds: ([^\"]*)", result.stdout)
     print(f"rotate-secrets.yml: {seconds:.0f} s; {timing.group(1) if timing else 'no timing'}")
@@ -139,6 +139,21 @@ def test_rotate_every_secret_under_load(lab: Lab) -> None:
     assert all(after[name] != before[name] for name in ROTATED), "a secret kept its value"
     new_keys = {repo: lab_secret(_generation_key(repo, old_gen + 1)) for repo in REPOS}
     assert all(new_keys[repo] != old_keys[repo] for repo in REPOS), "a passphrase kept its value"
+
+    # Under --diff -v every changed template and every registered result is printed: no
+    # secret, old or new, is in it (reported by name only).
+    output = result.stdout + result.stderr
+    assert "as config file" in output, "the run was not verbose (-v names its config file)"
+    searched = {f"{n} (old)": v for n, v in before.items()}
+    searched |= {f"{n} (new)": v for n, v in after.items()}
+    searched |= {f"{r} passphrase (old)": v for r, v in old_keys.items()}
+    searched |= {f"{r} passphrase (new)": v for r, v in new_keys.items()}
+    searched |= {p.name: p.read_text().strip() for p in SECRETS.iterdir() if p.is_file()}
+    leaked = sorted(
+        name for name, value in searched.items() if len(value) >= 16 and value in output
+    )
+    print(f"--diff -v output: {len(output) / 1e3:.0f} kB searched for {len(searched)} values")
+    assert not leaked, f"secrets printed by rotate-secrets.yml --diff -v: {leaked}"
 
     # Under load through the edge: nothing failed, nothing acknowledged was lost.
     assert writer.served > 10, writer.summary()

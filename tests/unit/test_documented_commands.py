@@ -43,6 +43,8 @@ NOT_RUN = {
     "the documented form that answers it (-e redis_restore_confirm=yes)",
     "playbooks/redis-restore.yml -e redis_restore_key=…": "asks for yes at a terminal; "
     "tests/e2e/test_redis.py runs the same restore with -e redis_restore_confirm=yes",
+    "playbooks/rotate-secrets.yml": "the same run as the documented `--diff -v` form, which "
+    "tests/e2e/test_secret_rotation.py runs (the flags only add output, searched for secrets)",
     "playbooks/rotate-secrets.yml --tags jwt -e app_jwt_keep_previous=…": "a second roll of "
     "the API (minutes on the lab) only to drop the previous JWT key; "
     "tests/e2e/test_secret_rotation.py runs the rotation that writes the key set",
