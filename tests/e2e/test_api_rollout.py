@@ -31,6 +31,7 @@ from tests.e2e.conftest import (
     run_playbook,
 )
 from tests.e2e.test_edge import ACCESS_LOG, edge_settings
+from tests.e2e.test_tier_playbooks import inventory_without
 
 pytestmark = pytest.mark.e2e
 
@@ -195,46 +196,71 @@ def test_second_deploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
     assert active(lab) == before
 
 
+def _colours_running(lab: Lab, host: str) -> str:
+    """The ids of the host's running API colour containers (blue and green)."""
+    ids = "docker ps -q --filter label=com.docker.compose.project.working_dir=/opt/zapora/"
+    return lab.ssh(host, f"{ids}blue; {ids}green").stdout.strip()
+
+
+def _edge_lists(lab: Lab, host: str) -> bool:
+    """Whether the edge's upstreams name the host's address."""
+    address = lab.hosts[host].address
+    conf = lab.ssh(lab.groups["edge"][0], "cat /etc/nginx/zapora/upstreams.conf").stdout
+    return f" {address}:" in conf
+
+
 @pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
-def test_a_host_without_a_colour_joins_with_the_same_release(lab: Lab) -> None:
-    """An app host added to the inventory has no colour: deploy.yml with the active release
-    brings it into service (docs/operator-guide.md, "Add an app host"). The last app host
-    is made such a host: its colours stopped (the edge passes its requests to the others),
-    its state moved aside."""
+def test_an_app_host_removed_and_added_back_under_load(lab: Lab) -> None:
+    """docs/operator-guide.md, "Remove an app host" then "Add an app host", under load
+    through the edge: app-host-remove.yml with the host out of the app group, then, with
+    the whole inventory, edge.yml and deploy.yml of the active release (the host has no
+    colour any more, so the deploy is not a no-op and the host joins)."""
     colour, release = active(lab)
     host = lab.groups["app"][-1]
     state = "/var/lib/zapora/rollout/state.json"
-    colours = "docker ps -q --filter label=com.docker.compose.project.working_dir=/opt/zapora/"
-    lab.ssh(
-        host,
-        f'ids=$({colours}blue; {colours}green); [ -z "$ids" ] || docker stop -t 30 $ids; '
-        f"mv {state} {state}.e2e-joined",
-    )
+    overlay = inventory_without(host, groups=("app",), kept_in="app_removed")
     try:
         with Load() as load:
-            result = run_playbook("deploy.yml", *FAST)
+            removed = run_documented(
+                "app-host-remove.yml", inventory=overlay, timeout=300, app_remove_hosts=[host]
+            )
             time.sleep(2)
-        assert result.returncode == 0, result.stdout[-3000:]
-        assert "nothing to deploy" not in result.stdout
-        said = " ".join(result.stdout.split())
-        assert f"No colour yet on {host}:" in said, result.stdout[-3000:]
-        new_colour, new_release = active(lab)
-        assert (new_colour, new_release) == ("green" if colour == "blue" else "blue", release)
-        print(f"{host} joined ({colour} -> {new_colour}) under load: {dict(load.status)}")
+        print(f"{host} removed under load: {dict(load.status)}")
+        assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr[-1000:]
         assert load.failed == 0, f"clients saw failures: {dict(load.status)}"
-        assert load.served >= 10, f"too few requests to say anything: {dict(load.status)}"
-        # The host serves through the edge from then on.
+        assert not _edge_lists(lab, host), "the edge still lists the removed host"
+        assert _colours_running(lab, host) == "", "the removed host still runs a colour"
+        aside = lab.ssh(host, f"test ! -e {state} && test -e {state}.removed", check=False)
+        assert aside.returncode == 0, "the removed host's deploy state was not put aside"
         with Load() as after:
+            time.sleep(6)
+        assert after.failed == 0 and after.served > 0, dict(after.status)
+        assert host not in after.hosts(lab), dict(after.hosts(lab))
+
+        with Load() as back:
+            edged = run_documented("edge.yml", timeout=600)
+            joined = run_playbook("deploy.yml", *FAST)
+            time.sleep(2)
+        print(f"{host} added back (edge.yml, deploy.yml) under load: {dict(back.status)}")
+        assert edged.returncode == 0, edged.stdout[-3000:]
+        assert joined.returncode == 0, joined.stdout[-3000:]
+        said = " ".join(joined.stdout.split())
+        assert f"No colour yet on {host}:" in said, joined.stdout[-3000:]
+        assert active(lab) == ("green" if colour == "blue" else "blue", release)
+        assert back.failed == 0, f"clients saw failures: {dict(back.status)}"
+        with Load() as served:
             time.sleep(8)
-        assert after.failed == 0, dict(after.status)
-        assert after.hosts(lab)[host] > 0, dict(after.hosts(lab))
+        assert served.failed == 0, dict(served.status)
+        assert served.hosts(lab)[host] > 0, dict(served.hosts(lab))
     finally:
-        # A failed join leaves the host as it was before the test.
+        # A test that failed half-way leaves the host serving as before.
+        if not _edge_lists(lab, host):
+            run_documented("edge.yml", timeout=600)
         lab.ssh(
             host,
-            f"test -e {state} || {{ mv {state}.e2e-joined {state}; "
-            f"docker start $(docker ps -aq --filter label=com.docker.compose.project.working_dir="
-            f"/opt/zapora/{colour}); }}; rm -f {state}.e2e-joined",
+            f"test -e {state} || {{ mv {state}.removed {state}; docker start $(docker ps -aq "
+            f"--filter label=com.docker.compose.project.working_dir=/opt/zapora/{colour}); }}; "
+            f"rm -f {state}.removed",
             check=False,
         )
 

@@ -141,16 +141,18 @@ def whole(lab: Lab) -> bool:
     )
 
 
-def inventory_without(host: str) -> Path:
-    """The lab's inventory with `host` out of the postgres and etcd groups, kept in a
-    group of its own (reachable: the playbook stops and wipes it). Two levels under the
+def inventory_without(
+    host: str, groups: tuple[str, ...] = ("postgres", "etcd"), kept_in: str = "database_removed"
+) -> Path:
+    """The lab's inventory with `host` out of `groups`, kept in a group of its own
+    (`kept_in`: reachable, the removal playbook stops it). Two levels under the
     repository like inventory/lab, whose group_vars it links: they find the lab's key
     and secrets relative to the inventory's directory."""
     data = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
     children = data["all"]["children"]
-    for group in ("postgres", "etcd"):
+    for group in groups:
         del children[group]["hosts"][host]
-    children["database_removed"] = {"hosts": {host: None}}
+    children[kept_in] = {"hosts": {host: None}}
     overlay = REPO / ".cache" / f"inventory-without-{host}"
     shutil.rmtree(overlay, ignore_errors=True)
     overlay.mkdir(parents=True)
