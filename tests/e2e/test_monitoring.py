@@ -367,6 +367,13 @@ def test_alertmanager_routes_by_severity(lab: Lab) -> None:
     assert (critical, warning) == ("critical", "default")
 
 
+def test_amtool_on_mon1_reads_alertmanager_over_https(lab: Lab) -> None:
+    """`amtool` with no flags on the monitoring host (the operator guide's silences): its
+    defaults file (/etc/prometheus/amtool.yml) names Alertmanager's HTTPS URL and the CA."""
+    silences = json.loads(lab.ssh("mon1", "amtool silence query -o json").stdout)
+    assert isinstance(silences, list), silences
+
+
 def test_rule_unit_tests_pass_with_mon1s_promtool(lab: Lab) -> None:
     """The rules' promtool unit tests (tests/rules runs them with the controller's 2.42)
     pass with Debian 13's promtool 2.53 on mon1: the version that loads them in the lab."""
