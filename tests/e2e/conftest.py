@@ -297,6 +297,24 @@ def edge_tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(EDGE_CA))
 
 
+# Prometheus and Alertmanager on mon1, published on the controller's loopback by the lab.
+# They serve HTTPS only (TLS 1.3) with internal-CA certificates that name 127.0.0.1; the
+# controller verifies them with the CA's copy the internal_ca role keeps beside the
+# inventory (internal_ca_backup_dir in inventory/lab).
+PROMETHEUS_URL = "https://127.0.0.1:9090"
+ALERTMANAGER_URL = "https://127.0.0.1:9093"
+INTERNAL_CA = SECRETS / "internal-ca" / "ca.crt"
+
+
+def internal_tls() -> ssl.SSLContext:
+    """TLS settings that verify Prometheus's and Alertmanager's certificates from the
+    controller (the internal CA; TLS 1.3, what they accept)."""
+    assert INTERNAL_CA.exists(), (
+        f"{INTERNAL_CA} is missing: the database tier has not run (run `make lab`)"
+    )
+    return ssl.create_default_context(cafile=str(INTERNAL_CA))
+
+
 def run_playbook(
     name: str, *extra_vars: str, timeout: int = 900
 ) -> subprocess.CompletedProcess[str]:

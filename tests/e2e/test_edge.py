@@ -460,8 +460,10 @@ def test_admin_uis_allowlist_and_password(lab: Lab) -> None:
             r = fetch(path, auth=auth)
             assert r["status"] == 401, (path, auth is None, r)
             assert header(r, "www-authenticate") == 'Basic realm="Zapora admin"', r
-    # With the password the request reaches Prometheus on mon1, which answers itself: the
-    # access log names it as the upstream, and its answer is not the edge's problem+json.
+    # With the password the request reaches Prometheus on mon1 over HTTPS (TLS 1.3, its
+    # certificate verified against the internal CA and mon1's name), which answers itself:
+    # the access log names it as the upstream, and its answer is not the edge's problem+json
+    # (a refused verification would be the edge's 502).
     # (The lab runs Prometheus without a route prefix, so /prometheus/ is its 404 there.)
     rid = f"e2e-admin-{uuid.uuid4().hex[:12]}"
     r = fetch("/prometheus/", {"X-Request-ID": rid}, auth=f"admin:{password}")

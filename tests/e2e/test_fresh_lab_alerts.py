@@ -1,7 +1,8 @@
 """A freshly converged appliance fires no alert: what `make lab` (site.yml, deploy.yml)
 leaves behind is green in Prometheus, so the first page an operator gets means something.
 
-It reads Prometheus's own `ALERTS` series on mon1 (published on 127.0.0.1:9090 by the lab).
+It reads Prometheus's own `ALERTS` series on mon1 (published on https://127.0.0.1:9090 by
+the lab, verified against the internal CA).
 It needs the lab as `make lab` left it, before any test disturbs it (a failover test fires
 RedisFailoverSeen for 15 minutes, the alert test InstanceDown): it is marked `fresh_lab`,
 which tests/e2e/conftest.py runs before every other test of a pytest run, and CI's

@@ -8,11 +8,11 @@ Redis and Sentinel; mon1, the monitoring host and an etcd member, for Patroni's 
 etcd and the exporters it scrapes: node_exporter on a database and an app host,
 postgres_exporter, redis_exporter, etcd's metrics listener, the edge's exporter and its
 mtail behind nginx, and the active colour's API and worker metrics ports on each app host,
-verified by the name Prometheus checks; edge1 for the API's active colour port on each app
-host, the edge's upstream, verified by the name nginx checks), so a refusal is the
-server's, not the firewall's. Not covered:
-Prometheus's and Alertmanager's own UIs, plain HTTP to the monitoring and admin hosts
-(docs/architecture.md)."""
+verified by the name Prometheus checks, and Prometheus (9090) and Alertmanager (9093)
+themselves; edge1 for the API's active colour port on each app host, the edge's upstream,
+verified by the name nginx checks), so a refusal is the server's, not the firewall's. Not
+covered here: Alertmanager's cluster port (9094), off in the lab's single-instance layout
+(tests/unit/test_monitoring_tls.py runs two peers over its mutual TLS)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.e2e.conftest import Lab, app_state, run_documented
+from tests.e2e.conftest import PROMETHEUS_URL, Lab, app_state, internal_tls, run_documented
 from tests.e2e.test_app_hosts import role_defaults
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app", "data"))]
@@ -63,6 +63,8 @@ ENDPOINTS = [
     ("mon1", "db1", 9121, "http"),  # redis_exporter
     ("mon1", "edge1", 9113, "http"),  # nginx's exporter
     ("mon1", "edge1", 3903, "http"),  # mtail, behind nginx
+    ("mon1", "mon1", 9090, "http"),  # Prometheus
+    ("mon1", "mon1", 9093, "http"),  # Alertmanager
 ]
 
 
@@ -193,7 +195,7 @@ def test_tls_1_3_verified_by_the_internal_ca_and_tls_1_2_refused(lab: Lab) -> No
 # node restarts; its tier's run is `site.yml --tags redis` (docs/redis.md).
 RENEW_HOST = "mon1"
 RENEW_CERT = "/etc/redis/tls/redis.crt"
-PROMETHEUS = "http://127.0.0.1:9090"
+PROMETHEUS = PROMETHEUS_URL
 
 
 def not_after(lab: Lab, host: str) -> int:
@@ -203,7 +205,9 @@ def not_after(lab: Lab, host: str) -> int:
 
 
 def expiry_alert(severity: str) -> bool:
-    alerts = httpx.get(f"{PROMETHEUS}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    alerts = httpx.get(f"{PROMETHEUS}/api/v1/alerts", timeout=10, verify=internal_tls()).json()[
+        "data"
+    ]["alerts"]
     return any(
         a["labels"].get("alertname") == "TlsCertificateExpiresSoon"
         and a["labels"].get("host") == RENEW_HOST

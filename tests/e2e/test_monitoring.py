@@ -4,10 +4,11 @@ live Prometheus, the rules' unit tests with mon1's promtool, the TLS expiry expo
 alert that fires end to end, and the Grafana/ELK/Jaeger Compose project that is rendered
 but not started (the lab supplies no image archives).
 
-Prometheus (9090) and Alertmanager (9093) are published on 127.0.0.1 by the lab. The
-alert test runs a webhook receiver on the controller at the lab gateway
-(alertmanager_webhook_urls in inventory/lab/group_vars/all/monitoring.yml), stops
-node_exporter on app2 and waits for InstanceDown (for: 2m) to arrive, then resolves it.
+Prometheus (9090) and Alertmanager (9093) are published on 127.0.0.1 by the lab and
+serve HTTPS only (TLS 1.3), read here verified against the internal CA. The alert test
+runs a webhook receiver on the controller at the lab gateway (alertmanager_webhook_urls
+in inventory/lab/group_vars/all/monitoring.yml), stops node_exporter on app2 and waits
+for InstanceDown (for: 2m) to arrive, then resolves it.
 Expectations (jobs, rule groups, image names, certificates) come from the lab inventory
 and the roles' defaults, so a change there changes what is expected.
 """
@@ -32,11 +33,14 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import (
+    ALERTMANAGER_URL,
     INVENTORY,
     LAB_KEY,
+    PROMETHEUS_URL,
     REPO,
     Lab,
     app_state,
+    internal_tls,
     lab_secret,
     node_exporter_outage,
     order_journey,
@@ -47,8 +51,8 @@ from tests.e2e.test_edge import get
 
 pytestmark = pytest.mark.e2e
 
-PROM = "http://127.0.0.1:9090"
-AM = "http://127.0.0.1:9093"
+PROM = PROMETHEUS_URL
+AM = ALERTMANAGER_URL
 RULES = sorted((REPO / "roles" / "prometheus" / "files" / "rules").glob("*.rules.yml"))
 DASHBOARDS = sorted(
     (REPO / "roles" / "observability_stacks" / "files" / "dashboards").glob("*.json")
@@ -90,7 +94,7 @@ PROMQL_WORDS = {
 
 def query(expr: str) -> list[dict[str, Any]]:
     url = f"{PROM}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=15) as resp:
+    with urllib.request.urlopen(url, timeout=15, context=internal_tls()) as resp:
         body = json.load(resp)
     assert body["status"] == "success", body
     return list(body["data"]["result"])
@@ -129,7 +133,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=15) as resp:
+    with urllib.request.urlopen(url, timeout=15, context=internal_tls()) as resp:
         return json.load(resp)
 
 
@@ -245,9 +249,21 @@ def test_node_exporter_answers_mon1(lab: Lab) -> None:
 
 
 def test_prometheus_and_alertmanager_are_ready() -> None:
+    """Both answer over HTTPS, verified against the internal CA from the controller."""
     for url in (f"{PROM}/-/ready", f"{AM}/-/ready"):
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(url, timeout=10, context=internal_tls()) as resp:
             assert resp.status == 200, url
+
+
+def test_prometheus_sends_alerts_to_alertmanager_over_https(lab: Lab) -> None:
+    """Prometheus's alerting section names every Alertmanager of the monitoring group over
+    HTTPS (Alertmanager serves nothing else; the alert test below proves the delivery)."""
+    active = get_json(f"{PROM}/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+    urls = sorted(a["url"] for a in active)
+    want = sorted(
+        f"https://{lab.hosts[h].address}:9093/api/v2/alerts" for h in lab.groups["monitoring"]
+    )
+    assert urls == want, urls
 
 
 def test_scrape_jobs_are_the_inventorys(lab: Lab) -> None:
@@ -351,6 +367,13 @@ def test_alertmanager_routes_by_severity(lab: Lab) -> None:
     assert (critical, warning) == ("critical", "default")
 
 
+def test_amtool_on_mon1_reads_alertmanager_over_https(lab: Lab) -> None:
+    """`amtool` with no flags on the monitoring host (the operator guide's silences): its
+    defaults file (/etc/prometheus/amtool.yml) names Alertmanager's HTTPS URL and the CA."""
+    silences = json.loads(lab.ssh("mon1", "amtool silence query -o json").stdout)
+    assert isinstance(silences, list), silences
+
+
 def test_rule_unit_tests_pass_with_mon1s_promtool(lab: Lab) -> None:
     """The rules' promtool unit tests (tests/rules runs them with the controller's 2.42)
     pass with Debian 13's promtool 2.53 on mon1: the version that loads them in the lab."""
@@ -414,7 +437,9 @@ def test_every_target_is_up() -> None:
     # node_exporter down.
     with (
         node_exporter_outage(exclusive=False),
-        urllib.request.urlopen(f"{PROM}/api/v1/targets?state=active", timeout=15) as resp,
+        urllib.request.urlopen(
+            f"{PROM}/api/v1/targets?state=active", timeout=15, context=internal_tls()
+        ) as resp,
     ):
         targets = json.load(resp)["data"]["activeTargets"]
     jobs = {t["labels"]["job"] for t in targets}

@@ -22,7 +22,7 @@ PLAY = f"""
 - hosts: monitoring
   connection: local
   gather_facts: false
-  vars_files: [{ROLE / "defaults" / "main.yml"}]
+  vars_files: [{ROLE / "defaults" / "main.yml"}, {ROLE / "vars" / "main.yml"}]
   tasks:
     - name: Render the flags file
       ansible.builtin.template:
@@ -60,7 +60,20 @@ def test_two_monitoring_hosts_peer_with_each_other(tmp_path: Path) -> None:
         assert "--cluster.listen-address=0.0.0.0:9094" in args, args
 
 
+def test_two_monitoring_hosts_gossip_over_tls_advertising_their_certificates_address(
+    tmp_path: Path,
+) -> None:
+    rendered = flags(tmp_path, {"mon1": "10.0.0.41", "mon2": "10.0.0.42"})
+    for name, address in (("mon1", "10.0.0.41"), ("mon2", "10.0.0.42")):
+        args = rendered[name]
+        assert "--cluster.tls-config=/etc/prometheus/alertmanager-tls/cluster-tls.yml" in args, args
+        assert f"--cluster.advertise-address={address}:9094" in args, args
+        assert "--web.config.file=/etc/prometheus/alertmanager-tls/web.yml" in args, args
+
+
 def test_one_monitoring_host_keeps_clustering_off(tmp_path: Path) -> None:
     args = flags(tmp_path, {"mon1": "10.0.0.41"})["mon1"]
     assert "--cluster.listen-address=" in args, args
     assert not [a for a in args if a.startswith("--cluster.peer")], args
+    assert not [a for a in args if a.startswith(("--cluster.tls", "--cluster.advertise"))], args
+    assert "--web.config.file=/etc/prometheus/alertmanager-tls/web.yml" in args, args

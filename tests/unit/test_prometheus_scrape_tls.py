@@ -57,4 +57,7 @@ def test_the_colour_metrics_jobs_scrape_over_verified_https(tmp_path: Path) -> N
     # The exporters' jobs as before: HTTPS with Prometheus's client certificate.
     assert jobs["node"]["scheme"] == "https"
     assert jobs["node"]["tls_config"]["cert_file"] == f"{d['prometheus_tls_dir']}/prometheus.crt"
-    assert "scheme" not in jobs["prometheus"]
+    # Prometheus and Alertmanager serve HTTPS only too (tests/unit/test_monitoring_tls.py).
+    for name in ("prometheus", "alertmanager"):
+        assert jobs[name]["scheme"] == "https", jobs[name]
+        assert jobs[name]["tls_config"]["ca_file"] == d["prometheus_internal_ca_file"]
