@@ -52,6 +52,7 @@ STEADY = float(os.environ.get("BENCH_STEADY", "20"))
 SWITCH_WINDOW = float(os.environ.get("BENCH_SWITCH_WINDOW", "5"))
 LIMIT_S = float(os.environ.get("BENCH_LIMIT_S", "3600"))
 PATH = "/menu-items"
+EDGE_HOST = "api.zapora.example"  # the lab's edge answers any name (nginx_server_name "")
 DEPLOY_VARS = ("app_force=true", "app_watch_seconds=5", "app_drain_seconds=5")
 EXEMPT = '{"nginx_rate_limit_exempt_networks": ["{{ lab_network_gateway }}/32", "127.0.0.1/32"]}'
 
@@ -107,9 +108,11 @@ def ssh(address: str, command: str, timeout: int = 120) -> subprocess.CompletedP
 WRK_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
-def wrk_rps(edge: str, url: str) -> tuple[float, float]:
-    """req/s and p99 (ms) of 10 s of wrk on the edge host against url."""
-    out = ssh(edge, f"wrk -t2 -c16 -d10s --latency {url}", timeout=60)
+def wrk_rps(edge: str, url: str, host: str = "") -> tuple[float, float]:
+    """req/s and p99 (ms) of 10 s of wrk on the edge host against url (with a Host header
+    when `host` is given)."""
+    header = f"-H 'Host: {host}' " if host else ""
+    out = ssh(edge, f"wrk -t2 -c16 -d10s --latency {header}{url}", timeout=60)
     match = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
     p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", out.stdout, re.MULTILINE)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out.stdout)
@@ -135,7 +138,10 @@ def edge_cost() -> None:
     install = ssh(edge, install_wrk, timeout=300)
     if install.returncode != 0:
         raise SystemExit(f"cannot install wrk on the edge host: {install.stderr}")
-    through, through_p99 = wrk_rps(edge, f"https://127.0.0.1{PATH}")
+    # Clients name the edge by its DNS name. A numeric Host (wrk's default here, 127.0.0.1)
+    # matches CRS rule 920350: below the blocking threshold, but every such request is
+    # written to ModSecurity's audit log, a cost real clients do not cause.
+    through, through_p99 = wrk_rps(edge, f"https://127.0.0.1{PATH}", host=EDGE_HOST)
     direct, direct_p99 = wrk_rps(edge, f"{'https' if tls else 'http'}://{app}:{port}{PATH}")
     print(f"GET {PATH} through the edge (TLS): {through:.0f} req/s, p99 {through_p99:.1f} ms")
     print(
