@@ -26,9 +26,19 @@ def run_playbook(
     path.write_text(playbook)
     extra_vars = tmp_path / "vars.json"
     extra_vars.write_text(json.dumps(extra))
+    return run_ansible_playbook(
+        tmp_path, ["-i", inventory, str(path), "-e", f"@{extra_vars}", *args], env=env
+    )
+
+
+def run_ansible_playbook(
+    tmp_path: Path, args: list[str], *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The venv's ansible-playbook with `args`, from the repository, with its roles and
+    ansible.cfg, HOME in tmp_path, never raising: callers check the result."""
     tool = Path(sys.executable).parent / "ansible-playbook"
     return subprocess.run(
-        [str(tool), "-i", inventory, str(path), "-e", f"@{extra_vars}", *args],
+        [str(tool), *args],
         capture_output=True,
         text=True,
         timeout=120,

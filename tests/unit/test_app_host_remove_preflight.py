@@ -6,12 +6,12 @@ accepts gets past the check and stops at the first host it must reach (the deplo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.unit.local_playbook import run_ansible_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = "Assert the hosts are named, out of the app group, and the group keeps a host"
@@ -32,25 +32,10 @@ def _run(tmp_path: Path, app: list[str], removed: list[str], extra: object) -> s
     }
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": children}}))
-    args = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory)]
-    args += [str(REPO / "playbooks" / "app-host-remove.yml")]
+    args = ["-i", str(inventory), str(REPO / "playbooks" / "app-host-remove.yml")]
     if extra is not None:
         args += ["-e", json.dumps(extra)]
-    result = subprocess.run(
-        args,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=REPO,
-        env={
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-            "ANSIBLE_FORCE_COLOR": "false",
-            "ANSIBLE_TIMEOUT": "2",
-            "HOME": str(tmp_path),
-        },
-    )
+    result = run_ansible_playbook(tmp_path, args, env={"ANSIBLE_TIMEOUT": "2"})
     assert result.returncode != 0, "the run reached no host, yet it passed"
     return " ".join((result.stdout + result.stderr).split())
 
