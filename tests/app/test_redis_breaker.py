@@ -132,7 +132,11 @@ def test_the_breaker_skips_a_stopped_or_frozen_redis_and_closes_when_it_is_back(
                 own_redis.stop()
             else:
                 os.kill(own_redis.proc.pid, signal.SIGSTOP)
-            lists = [client.get("/menu-items", params={"limit": 10 + n}) for n in range(10)]
+            # Lists no earlier phase read: the one cached after the stopped phase may still be
+            # in this process's local copy, which is trusted for 3 s after Redis last answered,
+            # and would be served without a degradation (seen once in CI).
+            first = 10 if fault == "stopped" else 30
+            lists = [client.get("/menu-items", params={"limit": first + n}) for n in range(10)]
             orders = [_order(client, guest, item["id"]) for _ in range(5)]
             assert [r.status_code for r in lists] == [200] * 10, fault
             assert all(r.json()["items"][0]["name"] == "Tea" for r in lists), fault
