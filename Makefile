@@ -187,6 +187,7 @@ endef
 
 test:  ## every test: the lab and the end-to-end suite in the background from the start, beside lint, unit, rules, app and molecule; a summary
 	@rm -rf $(RESULTS); mkdir -p $(RESULTS); rc=0; \
+	export LAB_SITE_ARGS="--diff -v" ZAPORA_SITE_LOG_REQUIRED=1; \
 	for t in setup-test image; do $(call step,$$t); done; \
 	echo "==== make lab, then make test-e2e-suite, in the background from here on (logs: $(RESULTS)/lab.log, $(RESULTS)/e2e.log)"; \
 	( start=$$(date +%s); \

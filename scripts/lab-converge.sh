@@ -8,6 +8,10 @@
 # the controller's lock (committed, staged, unstaged or untracked), or a lab host that is
 # a new container (lab-up recreated it). Hosts changed by hand are not seen: run
 # `make lab LAB_CONVERGE=1` to converge them again regardless.
+#
+# LAB_SITE_ARGS adds options to that site.yml run (`make lab LAB_SITE_ARGS="--diff -v"`, as
+# `make test` runs it). Its output is kept in .lab/site.log, first line the command that made
+# it: tests/e2e/test_secret_exposure.py searches a `--diff -v` run's log for every secret.
 set -euo pipefail
 inventory="$1"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +33,11 @@ if [[ "${LAB_CONVERGE:-}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "$key" ]];
     exit 0
 fi
 rm -f "$stamp"
-ansible-playbook -i "$inventory" playbooks/site.yml
+log="$repo/.lab/site.log"
+mkdir -p "$(dirname "$log")"
+# shellcheck disable=SC2086 # LAB_SITE_ARGS is a list of options
+set -- ansible-playbook -i "$inventory" playbooks/site.yml ${LAB_SITE_ARGS:-}
+echo "# $* ($(date -u '+%F %T') UTC)" >"$log"
+"$@" | tee -a "$log"
 mkdir -p "$(dirname "$stamp")"
 echo "$key" >"$stamp"
