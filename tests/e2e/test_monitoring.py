@@ -553,6 +553,11 @@ def instance_down_fires_and_resolves(lab: Lab, host: str) -> None:
         assert firing, f"no firing InstanceDown for {host} within 240 s; received {RECEIVED}"
         assert firing[0]["labels"]["severity"] == "critical"
         assert firing[0]["annotations"]["runbook"] == "docs/alerts.md#instancedown"
+        # Links in the notification lead to the HTTPS-only listeners, by the name their
+        # certificates carry (the binaries' own guess says http://).
+        assert firing[0]["generatorURL"].startswith("https://mon1:9090/"), firing[0]
+        urls = {n["externalURL"].rstrip("/") for n in RECEIVED if n["status"] == "firing"}
+        assert urls == {"https://mon1:9093"}, urls
         # Routed by severity: this alert came through the receiver critical.
         assert _alerts("firing", "InstanceDown", host, receiver="critical"), [
             n["receiver"] for n in RECEIVED

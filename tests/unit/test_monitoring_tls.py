@@ -273,6 +273,11 @@ def test_the_flags_name_the_web_configs_and_the_cluster_tls(rendered: dict[str, 
     port = rendered["cluster_port"]
     assert f"--cluster.advertise-address={HOSTS['mon1']}:{port}" in am, am
     assert f"--cluster.peer={HOSTS['mon2']}:{port}" in am, am
+    # Links in alerts and notifications say https:// and a name the certificate carries
+    # (the binaries' own guess would be http://, which these listeners do not serve).
+    for argv, listen in ((prom, "--web.listen-address="), (am, "--web.listen-address=")):
+        listen_port = next(a for a in argv if a.startswith(listen)).rsplit(":", 1)[-1]
+        assert f"--web.external-url=https://mon1:{listen_port}/" in argv, argv
     cluster = yaml.safe_load((tmp / "mon1.cluster-tls.yml").read_text())
     assert cluster["tls_server_config"]["min_version"] == "TLS13", cluster
     assert cluster["tls_server_config"]["client_auth_type"] == "RequireAndVerifyClientCert"
