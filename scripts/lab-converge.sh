@@ -35,9 +35,8 @@ fi
 rm -f "$stamp"
 log="$repo/.lab/site.log"
 mkdir -p "$(dirname "$log")"
+echo "# ansible-playbook -i $inventory playbooks/site.yml ${LAB_SITE_ARGS:-} ($(date -u '+%F %T') UTC)" >"$log"
 # shellcheck disable=SC2086 # LAB_SITE_ARGS is a list of options
-set -- ansible-playbook -i "$inventory" playbooks/site.yml ${LAB_SITE_ARGS:-}
-echo "# $* ($(date -u '+%F %T') UTC)" >"$log"
-"$@" | tee -a "$log"
+ansible-playbook -i "$inventory" playbooks/site.yml ${LAB_SITE_ARGS:-} | tee -a "$log"
 mkdir -p "$(dirname "$stamp")"
 echo "$key" >"$stamp"
