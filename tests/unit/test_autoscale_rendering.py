@@ -67,6 +67,12 @@ PLAYBOOK = """\
         tasks_from: compose_override
       vars:
         app_base_dir: "{{ out }}"
+    - name: Prometheus' targets of the API and the worker (blue running)
+      ansible.builtin.include_role:
+        name: app
+        tasks_from: file_sd
+      vars:
+        app_file_sd_colours: [blue]
 """
 
 # upstreams.conf as the nginx role wrote it before autoscaling, for two app hosts.
@@ -100,13 +106,23 @@ services:
 """
 
 
+# Prometheus' API targets before autoscaling, blue running.
+FILE_SD_API_BEFORE = """\
+# Managed by Ansible (deploy.yml, role app): local changes are overwritten.
+- targets: ["10.99.0.21:9310", "10.99.0.22:9310"]
+  labels: {colour: blue}
+"""
+
+
 def render(tmp_path: Path, extra: dict[str, object]) -> Path:
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "hosts.yml").write_text(INVENTORY)
     (tmp_path / "playbook.yml").write_text(PLAYBOOK)
     extra_vars = tmp_path / "vars.json"
-    extra_vars.write_text(json.dumps({"repo": str(REPO), "out": str(out), **extra}))
+    extra_vars.write_text(
+        json.dumps({"repo": str(REPO), "out": str(out), "_app_file_sd_path": str(out), **extra})
+    )
     result = run_ansible_playbook(
         tmp_path,
         [
@@ -135,6 +151,8 @@ def test_one_replica_renders_exactly_what_was_there_before(tmp_path: Path) -> No
     }
     for colour in ("blue", "green"):
         assert (out / colour / "compose.override.yml").read_text() == OVERRIDE_BEFORE
+    assert (out / "zapora-api.yml").read_text() == FILE_SD_API_BEFORE
+    assert "9311" in (out / "zapora-worker.yml").read_text()
 
 
 def test_four_replicas_list_open_and_publish_every_slot(tmp_path: Path) -> None:
@@ -154,6 +172,19 @@ def test_four_replicas_list_open_and_publish_every_slot(tmp_path: Path) -> None:
         "upstream": [8001, 8101, 8201, 8301, 8002, 8102, 8202, 8302],
         "metrics": [9310, 9410, 9510, 9610, 9311, 9320, 9420, 9520, 9620, 9321],
     }
+    # Prometheus scrapes every slot; slots 2 and up carry replica_slot (InstanceDown leaves
+    # them out: they are empty while not needed). The worker is not replicated.
+    targets = yaml.safe_load((out / "zapora-api.yml").read_text())
+    assert targets[0] == {
+        "targets": ["10.99.0.21:9310", "10.99.0.22:9310"],
+        "labels": {"colour": "blue"},
+    }
+    assert targets[3] == {
+        "targets": ["10.99.0.21:9610", "10.99.0.22:9610"],
+        "labels": {"colour": "blue", "replica_slot": "4"},
+    }
+    assert len(targets) == 4
+    assert len(yaml.safe_load((out / "zapora-worker.yml").read_text())) == 1
     for colour, api, metrics in (("blue", 8001, 9310), ("green", 8002, 9320)):
         override = yaml.safe_load(
             (out / colour / "compose.override.yml").read_text().replace("!override", "")

@@ -278,3 +278,37 @@ def test_app_proxy_and_wait_settings_refused_naming_the_variable(
 ) -> None:
     run = run_role(tmp_path, "app", "preflight", {**APP_SECRETS, **setting})
     assert_refused(run, "app", names)
+
+
+# --- app: replicas and the autoscaler (docs/operator-guide.md "Autoscaling") -------------
+
+
+def test_app_replica_settings_pass(tmp_path: Path) -> None:
+    run = run_role(
+        tmp_path,
+        "app",
+        "preflight",
+        {**APP_SECRETS, "app_replicas_max": 4, "app_autoscale": True},
+    )
+    assert_passed(run)
+
+
+@pytest.mark.parametrize(
+    ("setting", "names"),
+    [
+        ({"app_replicas_min": 3, "app_replicas_max": 2}, ["app_replicas_max", "app_replicas_min"]),
+        # Step 10: blue's replica 2 metrics port (9320) is green's replica 1 metrics port.
+        ({"app_replicas_max": 2, "app_replica_port_step": 10}, ["app_replica_port_step"]),
+        ({"app_autoscale": True}, ["app_autoscale needs app_replicas_max > 1"]),
+        (
+            {"app_replicas_max": 3, "firewall_app_upstream_ports": [8001, 8002]},
+            ["firewall_app_upstream_ports", "8101"],
+        ),
+        ({"app_replicas_max": 3, "nginx_app_replicas_max": 1}, ["nginx_app_replicas_max"]),
+    ],
+)
+def test_app_replica_settings_refused_naming_the_variable(
+    tmp_path: Path, setting: dict[str, object], names: list[str]
+) -> None:
+    run = run_role(tmp_path, "app", "preflight", {**APP_SECRETS, **setting})
+    assert_refused(run, "app", names)
