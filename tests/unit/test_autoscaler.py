@@ -227,3 +227,15 @@ def test_step_never_acts_during_a_deploy_or_without_an_active_colour(tmp_path: P
     now = (tmp_path / "deploy.running").stat().st_mtime
     assert A.step(settings(tmp_path), host, A.History(), now) is None
     assert host.calls == []
+
+
+def test_a_colour_switch_forgets_the_other_colours_recommendations(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"active": "blue"}))
+    history = A.History()
+    A.step(settings(tmp_path), FakeHost({1: 1.4, 2: 1.4}), history, 0)
+    assert history.colour == "blue" and history.entries == [(0, 4)]
+    (tmp_path / "state.json").write_text(json.dumps({"active": "green"}))
+    host = FakeHost({1: 0.05, 2: 0.05})
+    A.step(settings(tmp_path), host, history, 15)
+    assert history.colour == "green" and history.entries == [(15, 1)]
+    assert host.calls == [("drain", 2)]

@@ -73,9 +73,10 @@ class Decision:
 
 @dataclass
 class History:
-    """Raw recommendations (time, replicas) within the scale-down window."""
+    """Raw recommendations (time, replicas) within the scale-down window, of one colour."""
 
     entries: list[tuple[float, int]] = field(default_factory=list)
+    colour: str | None = None
 
 
 def _ceil(value: float) -> int:
@@ -376,6 +377,9 @@ def step(settings: Settings, host: Host, history: History, now: float) -> Decisi
     if deploy_running(settings.state_dir, settings.marker_stale_seconds, now):
         log({"event": "skip", "reason": "deploy running", "colour": colour})
         return None
+    if history.colour != colour:
+        # A switch: the other colour's recommendations say nothing about this one.
+        history.entries, history.colour = [], colour
     running = host.replicas(colour)
     usages = [host.usage(container) for _, container in sorted(running.items())]
     decision = decide(settings.policy, usages, history, now)
