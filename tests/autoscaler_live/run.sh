@@ -36,11 +36,15 @@ trap cleanup EXIT
 
 rm -rf "$live" && mkdir -p "$live"/{opt/blue,state,textfile,tls}
 cp "$repo/tests/autoscaler_live/burner.py" "$live/burner.py"
+# Python 3.13 verifies strictly (VERIFY_X509_STRICT): a CA with key usage, a leaf with its
+# authority key id, as the internal CA role issues them.
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=live-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
   -keyout "$live/tls/ca.key" -out "$live/tls/ca.crt" 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
   -keyout "$live/tls/api.key" -out "$live/tls/api.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\n' > "$live/tls/ext"
+printf '%s\n' subjectAltName=IP:127.0.0.1 authorityKeyIdentifier=keyid \
+  subjectKeyIdentifier=hash extendedKeyUsage=serverAuth > "$live/tls/ext"
 openssl x509 -req -in "$live/tls/api.csr" -CA "$live/tls/ca.crt" -CAkey "$live/tls/ca.key" \
   -CAcreateserial -days 1 -extfile "$live/tls/ext" -out "$live/tls/api.crt" 2>/dev/null
 chmod 0644 "$live/tls/api.key"  # a throwaway key, read by the image's user
@@ -91,8 +95,12 @@ if grep -q '"samples": 0' "$live/autoscaler.log" && ! grep -q '"samples": 1' "$l
   echo "NOT RUN: this Docker engine reports no container stats (docker stats: $(docker stats \
     --no-stream --format '{{.CPUPerc}} {{.MemUsage}}' zapora-blue-api-1)); the autoscaler logged:"
   tail -1 "$live/autoscaler.log" | cut -c1-400
-  in_helper pkill -f zapora_autoscaler.py || true
-  in_helper python3 - "$live" <<'PY'
+  # (the helper has no procps)
+  in_helper sh -c 'for p in /proc/[0-9]*; do
+    case "$(tr "\0" " " < "$p/cmdline" 2>/dev/null)" in
+      "python3 /usr/local/bin/zapora_autoscaler.py"*) kill "${p#/proc/}" ;;
+    esac; done'
+  docker exec -i "$helper" python3 - "$live" <<'PY'
 import sys, time
 sys.path.insert(0, "/usr/local/bin")
 import docker, zapora_autoscaler as A
