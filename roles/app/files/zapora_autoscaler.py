@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,7 +382,10 @@ def step(settings: Settings, host: Host, history: History, now: float) -> Decisi
         # A switch: the other colour's recommendations say nothing about this one.
         history.entries, history.colour = [], colour
     running = host.replicas(colour)
-    usages = [host.usage(container) for _, container in sorted(running.items())]
+    # One stats read takes the engine about a second (it waits for the second sample): all
+    # replicas at once, so a decision costs about a second whatever the count.
+    with ThreadPoolExecutor(max_workers=max(len(running), 1)) as pool:
+        usages = list(pool.map(host.usage, [running[slot] for slot in sorted(running)]))
     decision = decide(settings.policy, usages, history, now)
     log(
         {
