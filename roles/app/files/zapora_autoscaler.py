@@ -320,7 +320,9 @@ class Host:
         connect refused, the next server, nothing sent); established ones go on. The port
         is matched on the connection's original destination, before Docker's DNAT."""
         table = self.s.nft_table
-        rule = f"ct state new ct original proto-dst {port} reject with tcp reset"
+        # A connection's first packet (SYN alone), not "ct state new": conntrack takes up a
+        # connection it had not tracked (established before conntrack ran) as new again.
+        rule = f"tcp flags syn / fin,syn,rst,ack ct original proto-dst {port} reject with tcp reset"
         self._nft(
             f"table inet {table} {{\n"
             f"  chain forward {{ type filter hook forward priority -10; policy accept; }}\n"
