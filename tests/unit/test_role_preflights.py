@@ -11,6 +11,7 @@ checks (roles/app and roles/pgbackrest); each run takes 2 to 8 s.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,3 +313,47 @@ def test_app_replica_settings_refused_naming_the_variable(
 ) -> None:
     run = run_role(tmp_path, "app", "preflight", {**APP_SECRETS, **setting})
     assert_refused(run, "app", names)
+
+
+# --- app: how many api replicas a deploy starts (tasks_from deploy_replicas) ------------
+
+
+@pytest.mark.parametrize(
+    ("other", "settings", "expected"),
+    [
+        # The active colour runs 3 replicas (and its worker): the idle one starts 3.
+        ("api\nworker\napi-2\napi-3\n", {"app_replicas_max": 4}, ["api", "api-2", "api-3"]),
+        # Nothing runs (a first deploy, a host that joins): the minimum.
+        ("", {"app_replicas_min": 2, "app_replicas_max": 4}, ["api", "api-2"]),
+        # More than the maximum allows now (it was lowered): the maximum.
+        ("api\napi-2\napi-3\n", {"app_replicas_max": 2}, ["api", "api-2"]),
+    ],
+)
+def test_app_deploy_starts_the_active_colours_replica_count(
+    tmp_path: Path, other: str, settings: dict[str, object], expected: list[str]
+) -> None:
+    # A stand-in for `docker ps`: the other colour's running services, one per line.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\nprintf '%s' '{other}'\n")
+    docker.chmod(0o755)
+    playbook = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: app
+        tasks_from: deploy_replicas
+    - ansible.builtin.debug:
+        msg: "SERVICES={{ _app_start_services | to_json }}"
+"""
+    result = run_playbook(
+        tmp_path,
+        playbook,
+        {"app_colour": "green", **settings},
+        env={"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert f"SERVICES={json.dumps([*expected, 'worker'])}" in result.stdout.replace('\\"', '"')
