@@ -16,7 +16,7 @@ ROLES_WITH_SCENARIOS = $(sort $(patsubst roles/%/molecule/default/molecule.yml,%
 MOLECULE_LONGEST_FIRST = pgbackrest common firewall
 ROLES_IN_RUN_ORDER = $(foreach r,$(MOLECULE_LONGEST_FIRST),$(filter $(r),$(ROLES_WITH_SCENARIOS))) \
   $(filter-out $(MOLECULE_LONGEST_FIRST),$(ROLES_WITH_SCENARIOS))
-PY_DIRS = $(wildcard app tests bench scripts)
+PY_DIRS = $(wildcard app tests bench scripts roles/app/files)
 WORKFLOWS = $(wildcard .github/workflows/*.yml)
 LAB_INVENTORY := inventory/lab
 RESULTS := .cache/test-results

@@ -11,6 +11,7 @@ checks (roles/app and roles/pgbackrest); each run takes 2 to 8 s.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,3 +279,81 @@ def test_app_proxy_and_wait_settings_refused_naming_the_variable(
 ) -> None:
     run = run_role(tmp_path, "app", "preflight", {**APP_SECRETS, **setting})
     assert_refused(run, "app", names)
+
+
+# --- app: replicas and the autoscaler (docs/operator-guide.md "Autoscaling") -------------
+
+
+def test_app_replica_settings_pass(tmp_path: Path) -> None:
+    run = run_role(
+        tmp_path,
+        "app",
+        "preflight",
+        {**APP_SECRETS, "app_replicas_max": 4, "app_autoscale": True},
+    )
+    assert_passed(run)
+
+
+@pytest.mark.parametrize(
+    ("setting", "names"),
+    [
+        ({"app_replicas_min": 3, "app_replicas_max": 2}, ["app_replicas_max", "app_replicas_min"]),
+        # Step 10: blue's replica 2 metrics port (9320) is green's replica 1 metrics port.
+        ({"app_replicas_max": 2, "app_replica_port_step": 10}, ["app_replica_port_step"]),
+        ({"app_autoscale": True}, ["app_autoscale needs app_replicas_max > 1"]),
+        (
+            {"app_replicas_max": 3, "firewall_app_upstream_ports": [8001, 8002]},
+            ["firewall_app_upstream_ports", "8101"],
+        ),
+        ({"app_replicas_max": 3, "nginx_app_replicas_max": 1}, ["nginx_app_replicas_max"]),
+    ],
+)
+def test_app_replica_settings_refused_naming_the_variable(
+    tmp_path: Path, setting: dict[str, object], names: list[str]
+) -> None:
+    run = run_role(tmp_path, "app", "preflight", {**APP_SECRETS, **setting})
+    assert_refused(run, "app", names)
+
+
+# --- app: how many api replicas a deploy starts (tasks_from deploy_replicas) ------------
+
+
+@pytest.mark.parametrize(
+    ("other", "settings", "expected"),
+    [
+        # The active colour runs 3 replicas (and its worker): the idle one starts 3.
+        ("api\nworker\napi-2\napi-3\n", {"app_replicas_max": 4}, ["api", "api-2", "api-3"]),
+        # Nothing runs (a first deploy, a host that joins): the minimum.
+        ("", {"app_replicas_min": 2, "app_replicas_max": 4}, ["api", "api-2"]),
+        # More than the maximum allows now (it was lowered): the maximum.
+        ("api\napi-2\napi-3\n", {"app_replicas_max": 2}, ["api", "api-2"]),
+    ],
+)
+def test_app_deploy_starts_the_active_colours_replica_count(
+    tmp_path: Path, other: str, settings: dict[str, object], expected: list[str]
+) -> None:
+    # A stand-in for `docker ps`: the other colour's running services, one per line.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\nprintf '%s' '{other}'\n")
+    docker.chmod(0o755)
+    playbook = """\
+- hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: app
+        tasks_from: deploy_replicas
+    - ansible.builtin.debug:
+        msg: "SERVICES={{ _app_start_services | to_json }}"
+"""
+    result = run_playbook(
+        tmp_path,
+        playbook,
+        {"app_colour": "green", **settings},
+        env={"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert f"SERVICES={json.dumps([*expected, 'worker'])}" in result.stdout.replace('\\"', '"')

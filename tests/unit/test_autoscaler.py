@@ -1,0 +1,241 @@
+"""The autoscaler's algorithm (roles/app/files/zapora_autoscaler.py: HPA v2's replica
+calculation, tolerance, scale-down stabilisation, bounds), its reading of Docker's stats
+and its metrics file, without Docker. The program against a real engine:
+tests/unit/test_autoscaler_docker.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    path = REPO / "roles" / "app" / "files" / "zapora_autoscaler.py"
+    spec = importlib.util.spec_from_file_location("zapora_autoscaler", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["zapora_autoscaler"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+A = _load()
+POLICY = A.Policy(min_replicas=1, max_replicas=5)
+
+
+def usages(cpu: list[float | None], memory: list[float | None] | None = None) -> list[object]:
+    memory = memory if memory is not None else [0.05] * len(cpu)
+    return [A.Usage(c, m) for c, m in zip(cpu, memory, strict=True)]
+
+
+def test_within_the_tolerance_nothing_changes() -> None:
+    # 0.75 / 0.70 = 1.071: within 10 %; 0.62 / 0.70 = 0.886: just outside, down.
+    assert A.decide(POLICY, usages([0.75, 0.75]), A.History(), 0).desired == 2
+    assert A.decide(POLICY, usages([0.66, 0.66]), A.History(), 0).desired == 2
+    assert A.decide(POLICY, usages([0.62, 0.62]), A.History(), 0).recommendation == 2
+    assert A.decide(POLICY, usages([0.70 * 1.11] * 2), A.History(), 0).desired == 3
+
+
+def test_scales_up_at_once_by_the_usage_ratio() -> None:
+    # HPA: desired = ceil(current * usage / target) = ceil(2 * 1.4 / 0.7) = 4.
+    decision = A.decide(POLICY, usages([1.4, 1.4]), A.History(), 0)
+    assert (decision.current, decision.desired, decision.reason) == (2, 4, "up")
+    assert decision.per_metric["cpu"] == {"ratio": 2.0, "replicas": 4, "samples": 2}
+
+
+def test_scales_down_only_after_the_stabilisation_window() -> None:
+    history = A.History()
+    # Busy at t=0 (recommendation 4 of 4 running), idle from t=15 on.
+    assert A.decide(POLICY, usages([0.7] * 4), history, 0).desired == 4
+    for t in range(15, 300, 15):
+        decision = A.decide(POLICY, usages([0.1] * 4), history, t)
+        assert decision.desired == 4, t
+        assert decision.reason == "steady (limited by window)"
+    # The busy recommendation is older than 300 s: down to the idle one, ceil(4 * 0.1/0.7).
+    decision = A.decide(POLICY, usages([0.1] * 4), history, 301)
+    assert (decision.desired, decision.reason) == (1, "down")
+
+
+def test_scale_down_goes_to_the_highest_recommendation_in_the_window() -> None:
+    history = A.History()
+    A.decide(POLICY, usages([0.7] * 4), history, 0)  # 4
+    A.decide(POLICY, usages([0.5] * 4), history, 200)  # ceil(4 * 0.714) = 3
+    assert A.decide(POLICY, usages([0.1] * 4), history, 301).desired == 3
+    assert A.decide(POLICY, usages([0.1] * 4), history, 501).desired == 1
+
+
+def test_bounds() -> None:
+    policy = A.Policy(min_replicas=2, max_replicas=3)
+    high = A.decide(policy, usages([2.0, 2.0]), A.History(), 0)
+    assert (high.recommendation, high.desired, high.reason) == (6, 3, "up (limited by max)")
+    low = A.decide(policy, usages([0.05, 0.05, 0.05]), A.History(), 0)
+    assert (low.desired, low.reason) == (2, "down (limited by min)")
+    # Fewer than the minimum running (a replica died): back to the minimum at once.
+    assert A.decide(policy, usages([0.5]), A.History(), 0).desired == 2
+    # Nothing running: the minimum.
+    assert A.decide(policy, [], A.History(), 0).desired == 2
+
+
+def test_the_larger_of_the_two_metrics_wins() -> None:
+    # CPU says 1 (0.1 / 0.7), memory says ceil(2 * 0.9 / 0.75) = 3.
+    decision = A.decide(POLICY, usages([0.1, 0.1], [0.9, 0.9]), A.History(), 0)
+    assert decision.per_metric["cpu"]["replicas"] == 1
+    assert decision.per_metric["memory"]["replicas"] == 3
+    assert decision.desired == 3
+    # Memory alone within its tolerance, CPU high: CPU's.
+    assert A.decide(POLICY, usages([1.05, 1.05], [0.75, 0.75]), A.History(), 0).desired == 3
+
+
+def test_a_missing_sample_is_counted_the_conservative_way() -> None:
+    # Up: the replica without a sample counts as idle: (1.4 + 0) / 2 / 0.7 = 1.0, no change.
+    decision = A.decide(POLICY, usages([1.4, None]), A.History(), 0)
+    assert decision.desired == 2
+    # Up with a clear margin: (2.1 + 0) / 2 / 0.7 = 1.5 -> 3.
+    assert A.decide(POLICY, usages([2.1, None]), A.History(), 0).desired == 3
+    # Down: it counts as at the target: (0.1 + 0.7) / 2 / 0.7 = 0.571 -> ceil(2 * 0.571) = 2.
+    assert A.decide(POLICY, usages([0.1, None, None]), A.History(), 0).desired == 3
+    # No sample at all for CPU: no CPU recommendation; memory decides.
+    decision = A.decide(POLICY, usages([None, None], [0.9, 0.9]), A.History(), 0)
+    assert decision.per_metric["cpu"] == {"ratio": None, "replicas": 2, "samples": 0}
+    assert decision.desired == 3
+
+
+def test_cpu_share_is_use_between_two_samples_over_the_limit() -> None:
+    stats = {
+        "cpu_stats": {
+            "cpu_usage": {"total_usage": 2_000_000_000},
+            "system_cpu_usage": 20_000_000_000,
+            "online_cpus": 2,
+        },
+        "precpu_stats": {
+            "cpu_usage": {"total_usage": 1_900_000_000},
+            "system_cpu_usage": 18_000_000_000,
+        },
+    }
+    # 0.1 s of CPU over 2 s of 2 CPUs' system time (1 s wall): 0.1 cores; limit 0.2 cores.
+    assert A.cpu_share(stats, 0.2) == pytest.approx(0.5)
+    assert A.cpu_share(stats, None) is None
+    assert A.cpu_share({"cpu_stats": {}, "precpu_stats": {}}, 1.0) is None
+
+
+def test_memory_share_leaves_out_the_page_cache() -> None:
+    v2 = {"memory_stats": {"usage": 300, "limit": 10_000, "stats": {"inactive_file": 100}}}
+    v1 = {"memory_stats": {"usage": 300, "stats": {"total_inactive_file": 50}}}
+    assert A.memory_share(v2, 1000) == pytest.approx(0.2)
+    assert A.memory_share(v1, 1000) == pytest.approx(0.25)
+    assert A.memory_share(v2, None) is None
+    assert A.limits_of({"HostConfig": {"NanoCpus": 200_000_000, "Memory": 64 << 20}}) == (
+        0.2,
+        64 << 20,
+    )
+    assert A.limits_of({"HostConfig": {"CpuQuota": 50_000, "CpuPeriod": 100_000}}) == (0.5, None)
+
+
+def test_slots_and_services() -> None:
+    assert [A.slot_service(i) for i in (1, 2, 10)] == ["api", "api-2", "api-10"]
+    assert [A.service_slot(s) for s in ("api", "api-3", "worker", "api-x")] == [1, 3, None, None]
+
+
+def test_active_colour_and_the_deploy_marker(tmp_path: Path) -> None:
+    assert A.active_colour(tmp_path) is None
+    (tmp_path / "state.json").write_text(json.dumps({"active": "green", "colours": {}}))
+    assert A.active_colour(tmp_path) == "green"
+    marker = tmp_path / "deploy.running"
+    assert not A.deploy_running(tmp_path, 1800, 1e10)
+    marker.write_text("deploy")
+    now = marker.stat().st_mtime
+    assert A.deploy_running(tmp_path, 1800, now + 60)
+    # Older than the lock's staleness: a dead deploy's leftover.
+    assert not A.deploy_running(tmp_path, 1800, now + 1801)
+
+
+def test_metrics_file(tmp_path: Path) -> None:
+    A.write_metrics(tmp_path, [("blue", 3, 2, False)], 1234.5)
+    text = (tmp_path / "zapora_autoscaler.prom").read_text()
+    assert 'zapora_autoscaler_replicas_desired{colour="blue"} 3' in text
+    assert 'zapora_autoscaler_replicas_current{colour="blue"} 2' in text
+    assert 'zapora_autoscaler_replicas_at_max{colour="blue"} 0' in text
+    assert "zapora_autoscaler_last_decision_timestamp_seconds 1234.500" in text
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+class FakeHost:
+    """Stands in for Docker, Compose and nftables in `step`: what it was asked to do."""
+
+    def __init__(self, running: dict[int, float]) -> None:
+        self.running = running
+        self.calls: list[tuple[str, int]] = []
+
+    def replicas(self, colour: str) -> dict[int, str]:
+        return {slot: f"c{slot}" for slot in self.running}
+
+    def usage(self, container: str) -> object:
+        return A.Usage(self.running[int(container[1:])], 0.2)
+
+    def start(self, colour: str, slot: int) -> bool:
+        self.calls.append(("start", slot))
+        return True
+
+    def drain_and_stop(self, colour: str, slot: int) -> None:
+        self.calls.append(("drain", slot))
+
+
+def settings(tmp_path: Path, **policy: int) -> object:
+    return A.parse(
+        [
+            f"--min={policy.get('min', 1)}",
+            f"--max={policy.get('max', 4)}",
+            f"--state-dir={tmp_path}",
+            f"--textfile-dir={tmp_path}",
+        ]
+    )
+
+
+def test_step_starts_the_lowest_free_slots_and_drains_the_highest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"active": "blue"}))
+    host = FakeHost({1: 1.4, 3: 1.4})
+    A.step(settings(tmp_path), host, A.History(), 0)
+    assert host.calls == [("start", 2), ("start", 4)]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    decision = next(line for line in lines if line["event"] == "decision")
+    assert (decision["colour"], decision["current"], decision["desired"]) == ("blue", 2, 4)
+    assert decision["usage"][0] == {"slot": 1, "cpu": 1.4, "memory": 0.2}
+    assert (
+        'zapora_autoscaler_replicas_at_max{colour="blue"} 1'
+        in (tmp_path / "zapora_autoscaler.prom").read_text()
+    )
+
+    host = FakeHost({1: 0.05, 2: 0.05, 3: 0.05})
+    A.step(settings(tmp_path), host, A.History(), 0)
+    assert host.calls == [("drain", 3), ("drain", 2)]
+
+
+def test_step_never_acts_during_a_deploy_or_without_an_active_colour(tmp_path: Path) -> None:
+    host = FakeHost({1: 2.0})
+    assert A.step(settings(tmp_path), host, A.History(), 0) is None
+    (tmp_path / "state.json").write_text(json.dumps({"active": "blue"}))
+    (tmp_path / "deploy.running").write_text("deploy")
+    now = (tmp_path / "deploy.running").stat().st_mtime
+    assert A.step(settings(tmp_path), host, A.History(), now) is None
+    assert host.calls == []
+
+
+def test_a_colour_switch_forgets_the_other_colours_recommendations(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"active": "blue"}))
+    history = A.History()
+    A.step(settings(tmp_path), FakeHost({1: 1.4, 2: 1.4}), history, 0)
+    assert history.colour == "blue" and history.entries == [(0, 4)]
+    (tmp_path / "state.json").write_text(json.dumps({"active": "green"}))
+    host = FakeHost({1: 0.05, 2: 0.05})
+    A.step(settings(tmp_path), host, history, 15)
+    assert history.colour == "green" and history.entries == [(15, 1)]
+    assert host.calls == [("drain", 2)]
