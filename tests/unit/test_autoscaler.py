@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -179,9 +180,7 @@ class Tree:
         return int(stat[stat.index("usage_usec") + 1]) * 1000
 
 
-def host_on(
-    tree: Tree, engine: FakeEngine, during_sleep: Callable[[], None] = lambda: None
-) -> object:
+def host_on(tree: Tree, engine: FakeEngine, during_sleep: Callable[[], None] = lambda: None) -> Any:
     """A Host whose clock advances only while it sleeps, by the sample interval."""
     base = A.parse(["--min=1", "--max=4"])
     s = dataclasses.replace(base, proc_root=tree.proc, cgroup_root=tree.cgroup)
