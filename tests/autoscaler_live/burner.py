@@ -1,6 +1,6 @@
 """A stand-in api replica for the autoscaler's live test: /health/ready 200 over TLS on
 port 8443, and a CPU burner that spins while the file BURN exists (a bind mount the test
-touches). Not the API: the test is about the autoscaler, its Docker stats and its Compose
+touches). Not the API: the test is about the autoscaler, its cgroup reads and its Compose
 actions, not about the API's code."""
 
 from __future__ import annotations

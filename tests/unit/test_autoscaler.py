@@ -1,15 +1,19 @@
 """The autoscaler's algorithm (roles/app/files/zapora_autoscaler.py: HPA v2's replica
-calculation, tolerance, scale-down stabilisation, bounds), its reading of Docker's stats
-and its metrics file, without Docker. The program against a real engine:
-tests/unit/test_autoscaler_docker.py."""
+calculation, tolerance, scale-down stabilisation, bounds), its reading of each replica's
+cgroup (v1 and v2, in fake /proc and /sys/fs/cgroup trees) and its metrics file, without
+Docker. The program against a real engine: tests/autoscaler_live/run.sh."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -107,30 +111,163 @@ def test_a_missing_sample_is_counted_the_conservative_way() -> None:
     assert decision.desired == 3
 
 
-def test_cpu_share_is_use_between_two_samples_over_the_limit() -> None:
-    stats = {
-        "cpu_stats": {
-            "cpu_usage": {"total_usage": 2_000_000_000},
-            "system_cpu_usage": 20_000_000_000,
-            "online_cpus": 2,
-        },
-        "precpu_stats": {
-            "cpu_usage": {"total_usage": 1_900_000_000},
-            "system_cpu_usage": 18_000_000_000,
-        },
-    }
-    # 0.1 s of CPU over 2 s of 2 CPUs' system time (1 s wall): 0.1 cores; limit 0.2 cores.
-    assert A.cpu_share(stats, 0.2) == pytest.approx(0.5)
-    assert A.cpu_share(stats, None) is None
-    assert A.cpu_share({"cpu_stats": {}, "precpu_stats": {}}, 1.0) is None
+MIB = 1 << 20
+LONG_ID = "d757c5b504e1a9300bba9a5b712871c697997192ca6bc2ba154d395adee12b14"
 
 
-def test_memory_share_leaves_out_the_page_cache() -> None:
-    v2 = {"memory_stats": {"usage": 300, "limit": 10_000, "stats": {"inactive_file": 100}}}
-    v1 = {"memory_stats": {"usage": 300, "stats": {"total_inactive_file": 50}}}
-    assert A.memory_share(v2, 1000) == pytest.approx(0.2)
-    assert A.memory_share(v1, 1000) == pytest.approx(0.25)
-    assert A.memory_share(v2, None) is None
+class FakeEngine:
+    """The Docker API's inspect of running containers: pid and limits."""
+
+    def __init__(self, containers: dict[str, tuple[int, int, int]]) -> None:
+        self.containers = containers  # id -> (pid, NanoCpus, Memory)
+
+    def inspect_container(self, container: str) -> dict[str, object]:
+        if container not in self.containers:
+            raise LookupError(f"404 No such container: {container}")
+        pid, nano_cpus, memory = self.containers[container]
+        return {"State": {"Pid": pid}, "HostConfig": {"NanoCpus": nano_cpus, "Memory": memory}}
+
+
+class Tree:
+    """A fake /proc and /sys/fs/cgroup: one container per pid, v1 or v2, with the files the
+    autoscaler reads; `cpu_ns` advances a container's CPU time."""
+
+    def __init__(self, root: Path, version: int, v1_layout: str = "joined") -> None:
+        self.proc, self.cgroup = root / "proc", root / "sys" / "fs" / "cgroup"
+        self.version, self.v1_layout = version, v1_layout
+        self.dirs: dict[int, dict[str, Path]] = {}
+
+    def add(self, pid: int, path: str, memory: int, inactive_file: int) -> None:
+        (self.proc / str(pid)).mkdir(parents=True)
+        if self.version == 2:
+            lines = [f"0::{path}"]
+            dirs = {"cpu": self.cgroup, "memory": self.cgroup}
+        elif self.v1_layout == "joined":
+            # Debian's usual mounts: one hierarchy "cpu,cpuacct" (and "cpuacct" a symlink).
+            lines = ["12:memory:" + path, "4:cpu,cpuacct:" + path, "0::" + path]
+            dirs = {"cpu": self.cgroup / "cpu,cpuacct", "memory": self.cgroup / "memory"}
+        else:
+            # Each controller mounted alone, as on this project's CI machines.
+            lines = ["4:memory:" + path, "2:cpuacct:" + path, "1:cpu:" + path, "0::" + path]
+            dirs = {"cpu": self.cgroup / "cpuacct", "memory": self.cgroup / "memory"}
+            (self.cgroup / "cpu,cpuacct").mkdir(parents=True, exist_ok=True)  # empty, unmounted
+        (self.proc / str(pid) / "cgroup").write_text("\n".join(lines) + "\n")
+        dirs = {k: d / path.lstrip("/") for k, d in dirs.items()}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        self.dirs[pid] = dirs
+        self.cpu_ns(pid, 5_000_000_000)
+        if self.version == 1:
+            (dirs["memory"] / "memory.usage_in_bytes").write_text(f"{memory}\n")
+            stat = f"cache 1\ninactive_file 7\ntotal_cache 1\ntotal_inactive_file {inactive_file}\n"
+        else:
+            (dirs["memory"] / "memory.current").write_text(f"{memory}\n")
+            stat = f"anon 1\nfile 2\nactive_file 3\ninactive_file {inactive_file}\n"
+        (dirs["memory"] / "memory.stat").write_text(stat)
+
+    def cpu_ns(self, pid: int, value: int) -> None:
+        if self.version == 1:
+            (self.dirs[pid]["cpu"] / "cpuacct.usage").write_text(f"{value}\n")
+        else:
+            (self.dirs[pid]["cpu"] / "cpu.stat").write_text(
+                f"usage_usec {value // 1000}\nuser_usec 1\nsystem_usec 1\nnr_periods 0\n"
+            )
+
+    def read_cpu_ns(self, pid: int) -> int:
+        if self.version == 1:
+            return int((self.dirs[pid]["cpu"] / "cpuacct.usage").read_text())
+        stat = (self.dirs[pid]["cpu"] / "cpu.stat").read_text().split()
+        return int(stat[stat.index("usage_usec") + 1]) * 1000
+
+
+def host_on(tree: Tree, engine: FakeEngine, during_sleep: Callable[[], None] = lambda: None) -> Any:
+    """A Host whose clock advances only while it sleeps, by the sample interval."""
+    base = A.parse(["--min=1", "--max=4"])
+    s = dataclasses.replace(base, proc_root=tree.proc, cgroup_root=tree.cgroup)
+    clock = [1_000_000_000_000]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += int(seconds * 1e9)
+        during_sleep()
+
+    return A.Host(s, engine, clock=lambda: clock[0], sleep=sleep)
+
+
+@pytest.mark.parametrize(
+    ("version", "layout"),
+    [(1, "joined"), (1, "separate"), (2, "")],
+    ids=["v1", "v1-separate", "v2"],
+)
+def test_usage_is_read_from_each_replicas_cgroup(
+    tmp_path: Path, version: int, layout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = Tree(tmp_path, version, layout)
+    # Two replicas, limits 0.2 CPU / 160 MiB and 1 CPU / 100 MiB.
+    tree.add(101, f"/docker/{LONG_ID}", 100 * MIB, 20 * MIB)
+    tree.add(202, "/system.slice/docker-c2.scope", 30 * MIB, 80 * MIB)
+    engine = FakeEngine({"c1": (101, 200_000_000, 160 * MIB), "c2": (202, 10**9, 100 * MIB)})
+
+    def busy() -> None:
+        # Over the sample's 1 s: replica 1 used 0.1 s of CPU, replica 2 0.25 s.
+        tree.cpu_ns(101, tree.read_cpu_ns(101) + 100_000_000)
+        tree.cpu_ns(202, tree.read_cpu_ns(202) + 250_000_000)
+
+    u1, u2 = host_on(tree, engine, busy).usages(["c1", "c2"])
+    # 0.1 CPU of a 0.2 limit; (100 - 20) MiB of 160 MiB.
+    assert (u1.cpu, u1.memory) == (pytest.approx(0.5), pytest.approx(0.5))
+    # 0.25 CPU of 1; inactive page cache above usage counts as nothing in use.
+    assert (u2.cpu, u2.memory) == (pytest.approx(0.25), 0.0)
+    assert capsys.readouterr().out == ""
+
+
+def test_a_replica_without_a_limit_has_no_share_of_it(tmp_path: Path) -> None:
+    tree = Tree(tmp_path, 2)
+    tree.add(101, "/docker/c1", 100 * MIB, 0)
+    (usage,) = host_on(tree, FakeEngine({"c1": (101, 0, 0)})).usages(["c1"])
+    assert usage == A.Usage(None, None)
+
+
+def test_a_replica_that_went_away_has_no_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = Tree(tmp_path, 1)
+    tree.add(101, "/docker/c1", 100 * MIB, 20 * MIB)
+    tree.add(202, "/docker/c2", 100 * MIB, 20 * MIB)
+    tree.add(303, "/docker/c3", 100 * MIB, 20 * MIB)
+    engine = FakeEngine(
+        {
+            "c1": (101, 200_000_000, 160 * MIB),
+            "c2": (202, 200_000_000, 160 * MIB),  # its cgroup goes during the sample
+            "c3": (0, 200_000_000, 160 * MIB),  # stopped: inspect says pid 0
+            "c5": (505, 200_000_000, 160 * MIB),  # no such process any more
+        }
+    )
+
+    def stop_c2() -> None:
+        tree.cpu_ns(101, tree.read_cpu_ns(101) + 100_000_000)
+        shutil.rmtree(tree.dirs[202]["cpu"])
+
+    usages = host_on(tree, engine, stop_c2).usages(["c1", "c2", "c3", "c4", "c5"])
+    assert usages[0] == A.Usage(pytest.approx(0.5), pytest.approx(0.5))
+    assert usages[1:] == [A.Usage(None, None)] * 4
+    missing = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(m["event"], m["container"]) for m in missing] == [
+        ("sample_missing", "c3"),
+        ("sample_missing", "c4"),
+        ("sample_missing", "c5"),
+        ("sample_missing", "c2"),
+    ]
+    assert "cpuacct.usage" in missing[3]["error"]
+
+
+def test_no_replica_no_sample_interval(tmp_path: Path) -> None:
+    slept: list[float] = []
+    host = A.Host(A.parse(["--min=1", "--max=2"]), FakeEngine({}), sleep=slept.append)
+    assert host.usages([]) == []
+    assert slept == []
+
+
+def test_limits_come_from_the_host_config() -> None:
     assert A.limits_of({"HostConfig": {"NanoCpus": 200_000_000, "Memory": 64 << 20}}) == (
         0.2,
         64 << 20,
@@ -176,8 +313,8 @@ class FakeHost:
     def replicas(self, colour: str) -> dict[int, str]:
         return {slot: f"c{slot}" for slot in self.running}
 
-    def usage(self, container: str) -> object:
-        return A.Usage(self.running[int(container[1:])], 0.2)
+    def usages(self, containers: list[str]) -> list[object]:
+        return [A.Usage(self.running[int(c[1:])], 0.2) for c in containers]
 
     def start(self, colour: str, slot: int) -> bool:
         self.calls.append(("start", slot))

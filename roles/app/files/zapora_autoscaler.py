@@ -5,11 +5,14 @@ with the algorithm of Kubernetes' HorizontalPodAutoscaler v2 (docs/operator-guid
 
 Every --interval seconds: read the active colour from the deploy's state.json, skip while a
 deploy or rollback runs (its marker file on this host), read each running api replica's CPU
-use (a share of its CPU limit, from the two samples of one Docker stats read) and memory use
-without page cache (a share of its memory limit) from the Docker Engine API, compute the
-desired count (`decide`, a pure function), then start or drain-and-stop replicas one slot
-at a time. Every decision is one JSON line on stdout (the journal); node_exporter's textfile
-collector gets zapora_autoscaler_* metrics.
+use (a share of its CPU limit, from two reads of its cgroup's CPU time a second apart) and
+memory use without inactive page cache (a share of its memory limit) from the replica's own
+cgroup, v1 or v2, found through /proc/<its pid>/cgroup, as the kubelet (cAdvisor) measures a
+container; the limits come from the Docker Engine API (HostConfig). Docker's stats API is
+not read: some engines answer it with nothing while the kernel's counters are right. Then
+compute the desired count (`decide`, a pure function), and start or drain-and-stop
+replicas one slot at a time. Every decision is one JSON line on stdout (the journal);
+node_exporter's textfile collector gets zapora_autoscaler_* metrics.
 
 Replica slot i of a colour is Compose service `api` (i = 1) or `api-<i>`, publishing the
 colour's API port + step * (i - 1). Up starts the lowest free slot and counts it once its
@@ -36,7 +39,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,36 +150,96 @@ def decide(policy: Policy, usages: Sequence[Usage], history: History, now: float
 
 
 # ---------------------------------------------------------------------------------------
-# Reading the Docker Engine's stats.
+# Reading a replica's cgroup, as the kubelet (cAdvisor) measures a container. Docker's stats
+# API is not used: some engines answer it with nothing (dockerd logs "no metrics received",
+# `docker stats` shows 0 %) while the kernel's counters are right.
 
 
-def cpu_share(stats: dict[str, Any], limit_cpus: float | None) -> float | None:
-    """CPU use between the two samples of one stats read, as a share of the CPU limit."""
-    if not limit_cpus:
-        return None
-    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
-    try:
-        used = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
-        system = cpu["system_cpu_usage"] - pre["system_cpu_usage"]
-    except (KeyError, TypeError):
-        return None
-    online = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
-    if system <= 0 or used < 0:
-        return None
-    return float(used / system * online / limit_cpus)
+@dataclass(frozen=True)
+class CgroupFiles:
+    """One container's counters: cumulative CPU time, memory in use, and memory.stat with
+    the inactive page cache under `inactive_key`."""
+
+    version: int
+    cpu_usage: Path
+    memory_usage: Path
+    memory_stat: Path
+    inactive_key: str
 
 
-def memory_share(stats: dict[str, Any], limit_bytes: int | None) -> float | None:
-    """Memory use without page cache (as `docker stats` counts it) over the limit."""
-    memory = stats.get("memory_stats") or {}
-    usage = memory.get("usage")
-    limit = limit_bytes or None
-    if usage is None or not limit:
+def cgroup_files(pid: int, proc_root: Path, cgroup_root: Path) -> CgroupFiles:
+    """The cgroup files of the process `pid` (a container's init), from /proc/<pid>/cgroup:
+    cgroup v1 when it names the cpuacct and memory controllers (a hybrid host also lists
+    an empty v2 hierarchy as "0::"), each under the directory its hierarchy is mounted on,
+    named by its controller list ("cpu,cpuacct", or "cpuacct" where mounted alone); else
+    the v2 unified hierarchy."""
+    if pid <= 0:
+        raise FileNotFoundError(f"no process (pid {pid}): the container is not running")
+    v1: dict[str, Path] = {}
+    unified: Path | None = None
+    for line in (proc_root / str(pid) / "cgroup").read_text().splitlines():
+        _, hierarchy, path = line.split(":", 2)
+        # v2's line "0::/path" has no controller list: its directory is the root's own.
+        directory = cgroup_root / hierarchy / path.lstrip("/")
+        if hierarchy:
+            v1.update(dict.fromkeys(hierarchy.split(","), directory))
+        else:
+            unified = directory
+    if "cpuacct" in v1 and "memory" in v1:
+        cpu, memory = v1["cpuacct"], v1["memory"]
+        return CgroupFiles(
+            1,
+            cpu / "cpuacct.usage",
+            memory / "memory.usage_in_bytes",
+            memory / "memory.stat",
+            "total_inactive_file",
+        )
+    if unified is None:
+        raise FileNotFoundError(f"{proc_root}/{pid}/cgroup names no cpuacct/memory nor v2 path")
+    return CgroupFiles(
+        2,
+        unified / "cpu.stat",
+        unified / "memory.current",
+        unified / "memory.stat",
+        "inactive_file",
+    )
+
+
+def _stat_value(path: Path, key: str) -> int:
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    raise KeyError(f"{key} not in {path}")
+
+
+def cpu_usage_ns(files: CgroupFiles) -> int:
+    """The cgroup's CPU time so far, in nanoseconds (v1 cpuacct.usage; v2 cpu.stat's
+    usage_usec)."""
+    if files.version == 1:
+        return int(files.cpu_usage.read_text())
+    return _stat_value(files.cpu_usage, "usage_usec") * 1000
+
+
+def working_set_bytes(files: CgroupFiles) -> int:
+    """Memory in use without the inactive page cache the kernel reclaims first, as the
+    kubelet's working set and `docker stats` count it."""
+    usage = int(files.memory_usage.read_text())
+    return max(usage - _stat_value(files.memory_stat, files.inactive_key), 0)
+
+
+def cpu_share(used_ns: int, wall_ns: int, limit_cpus: float | None) -> float | None:
+    """CPU time used over a stretch of wall time, as a share of the CPU limit."""
+    if not limit_cpus or wall_ns <= 0 or used_ns < 0:
         return None
-    detail = memory.get("stats") or {}
-    # cgroup v2: inactive_file; cgroup v1: total_inactive_file (docker stats' choice).
-    cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
-    return float(max(usage - cache, 0) / limit)
+    return float(used_ns / wall_ns / limit_cpus)
+
+
+def memory_share(working_set: int, limit_bytes: int | None) -> float | None:
+    """The working set over the memory limit."""
+    if not limit_bytes:
+        return None
+    return float(working_set / limit_bytes)
 
 
 def limits_of(inspect: dict[str, Any]) -> tuple[float | None, int | None]:
@@ -211,6 +273,12 @@ class Settings:
     compose: tuple[str, ...] = ("docker", "compose")
     nft: tuple[str, ...] = ("nft",)
     nft_table: str = "zapora_autoscaler"
+    # Where the replicas' processes and cgroups are seen: this host's (an app host in the
+    # lab shares the machine's cgroup hierarchy, --cgroupns=host).
+    proc_root: Path = Path("/proc")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    # The two CPU samples of one decision are this far apart.
+    cpu_sample_seconds: float = 1.0
 
 
 def slot_service(slot: int) -> str:
@@ -249,11 +317,19 @@ def log(event: dict[str, Any]) -> None:
 
 
 class Host:
-    """The Docker engine, Compose and nftables of this host."""
+    """The Docker engine, the cgroups, Compose and nftables of this host."""
 
-    def __init__(self, settings: Settings, client: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        clock: Callable[[], int] = time.monotonic_ns,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.s = settings
         self.api = client
+        self.clock = clock
+        self.sleep = sleep
 
     def replicas(self, colour: str) -> dict[int, str]:
         """Running api replicas of the colour: slot -> container id."""
@@ -266,14 +342,40 @@ class Host:
                 found[slot] = c["Id"]
         return found
 
-    def usage(self, container: str) -> Usage:
-        try:
-            cpus, memory = limits_of(self.api.inspect_container(container))
-            stats = self.api.stats(container, stream=False)
-        except Exception as error:  # noqa: BLE001 - a replica that went away: no sample
-            log({"event": "sample_missing", "container": container[:12], "error": str(error)})
-            return Usage(None, None)
-        return Usage(cpu_share(stats, cpus), memory_share(stats, memory))
+    def usages(self, containers: Sequence[str]) -> list[Usage]:
+        """Each container's use of its limits: its cgroup's CPU time read for all of them,
+        once more `cpu_sample_seconds` later, and its working set at the second read."""
+        first: dict[str, tuple[float | None, int | None, CgroupFiles, int, int]] = {}
+        for container in containers:
+            try:
+                inspect = self.api.inspect_container(container)
+                cpus, memory = limits_of(inspect)
+                files = cgroup_files(inspect["State"]["Pid"], self.s.proc_root, self.s.cgroup_root)
+                first[container] = (cpus, memory, files, self.clock(), cpu_usage_ns(files))
+            except Exception as error:  # noqa: BLE001 - a replica that went away: no sample
+                self._missing(container, error)
+        if first:
+            self.sleep(self.s.cpu_sample_seconds)
+        found: list[Usage] = []
+        for container in containers:
+            if container not in first:
+                found.append(Usage(None, None))
+                continue
+            cpus, memory, files, then, used = first[container]
+            try:
+                now, used_now = self.clock(), cpu_usage_ns(files)
+                working_set = working_set_bytes(files)
+            except (OSError, ValueError, KeyError) as error:
+                self._missing(container, error)
+                found.append(Usage(None, None))
+                continue
+            cpu = cpu_share(used_now - used, now - then, cpus)
+            found.append(Usage(cpu, memory_share(working_set, memory)))
+        return found
+
+    @staticmethod
+    def _missing(container: str, error: Exception) -> None:
+        log({"event": "sample_missing", "container": container[:12], "error": str(error)})
 
     def port(self, colour: str, slot: int) -> int:
         return self.s.api_ports[colour] + self.s.port_step * (slot - 1)
@@ -384,10 +486,7 @@ def step(settings: Settings, host: Host, history: History, now: float) -> Decisi
         # A switch: the other colour's recommendations say nothing about this one.
         history.entries, history.colour = [], colour
     running = host.replicas(colour)
-    # One stats read takes the engine about a second (it waits for the second sample): all
-    # replicas at once, so a decision costs about a second whatever the count.
-    with ThreadPoolExecutor(max_workers=max(len(running), 1)) as pool:
-        usages = list(pool.map(host.usage, [running[slot] for slot in sorted(running)]))
+    usages = host.usages([running[slot] for slot in sorted(running)])
     decision = decide(settings.policy, usages, history, now)
     log(
         {
