@@ -4,7 +4,8 @@
 # left it), then three pytest processes side by side:
 #   scripts/e2e-suite.sh RESULTS_DIR
 # - the data tier's files (test_database*, test_backup*, test_redis*: PostgreSQL, its
-#   backups, Redis; test_failover and test_upgrade, which hold the data tier alone),
+#   backups, Redis; test_failover, test_upgrade and test_rolling_changes, which hold the
+#   data tier alone),
 #   JUnit e2e-data.xml;
 # - every other file (the app tier: the edge, deploys, the hosts, monitoring), e2e.xml;
 # - the InstanceDown alert test, which is mostly waiting (the rule's `for: 2m`, then the
@@ -25,7 +26,7 @@ alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook
 # wait for those deploys anyway.
 data_files=(tests/e2e/test_backup*.py tests/e2e/test_redis_backup.py tests/e2e/test_database.py
             tests/e2e/test_database_*.py tests/e2e/test_redis.py tests/e2e/test_redis_daytwo.py
-            tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
+            tests/e2e/test_failover.py tests/e2e/test_upgrade.py tests/e2e/test_rolling_changes.py)
 mkdir -p "$results"
 
 # --- The capture: every packet to, from or between the lab's hosts but SSH (the image

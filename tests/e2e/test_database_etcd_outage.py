@@ -11,27 +11,21 @@ again (etcd healthy with every member, a leader and a streaming sync standby) be
 data tier is handed back. Cost: the 60 s outage plus about 15-30 s of set-up and
 recovery.
 
-The rolling restart (slow: two database.yml runs, `make test-e2e-full`): a changed
-`etcd_heartbeat_interval` in a group_vars file of an overlay of the lab's inventory (the
-operator's edit) and database.yml as documented restart every member once, one at a
-time, with no failed order and the Patroni leader where it was; the lab's own inventory
-then puts the old value back the same way.
+etcd's rolling restart for a changed setting runs with every other tier's in
+test_rolling_changes.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import INVENTORY, Lab, on_every, run_documented
+from tests.e2e.conftest import Lab, on_every
 from tests.e2e.order_writer import PACE_S, OrderWriter
-from tests.e2e.test_redis_daytwo import overlay_with
 from tests.e2e.test_tier_playbooks import PATRONICTL, patroni_members, wait_for, whole
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data",))]
@@ -108,46 +102,3 @@ def test_orders_go_on_while_etcd_is_down_everywhere_for_60_s(lab: Lab) -> None:
     assert leader(lab) == primary, "the leader moved during the etcd outage"
     missing = writer.missing(lab)
     assert not missing, f"acknowledged orders missing from the database: {missing}"
-
-
-def etcd_starts(lab: Lab) -> dict[str, str]:
-    """When each member's etcd process started (a restart changes it)."""
-    return {
-        h: lab.ssh(h, "systemctl show -p ExecMainStartTimestampMonotonic --value etcd").stdout
-        for h in lab.groups["etcd"]
-    }
-
-
-def etcd_restart_under_orders(lab: Lab, inventory: Path, heartbeat_ms: int) -> str:
-    primary = leader(lab)
-    before = etcd_starts(lab)
-    with OrderWriter(limit_s=900) as writer:
-        time.sleep(3)
-        started = time.monotonic()
-        run = run_documented("database.yml", inventory=inventory, timeout=900)
-        took = time.monotonic() - started
-        wait_for(lambda: whole(lab), 60, "etcd and Patroni whole after database.yml")
-    after = etcd_starts(lab)
-    report = f"database.yml (heartbeat {heartbeat_ms} ms): {took:.0f} s; {writer.summary()}"
-    print(report)
-    assert run.returncode == 0, run.stdout[-4000:]
-    order = re.findall(r"restart-member\.yml for \S+ => \(item=(\w+)\)", run.stdout)
-    assert sorted(set(order)) == sorted(lab.groups["etcd"]), order
-    for host in lab.groups["etcd"]:
-        assert after[host] != before[host], f"etcd on {host} was not restarted"
-        settings = lab.ssh(host, "cat /etc/default/etcd").stdout
-        assert f'ETCD_HEARTBEAT_INTERVAL="{heartbeat_ms}"' in settings, settings
-    assert writer.failed == 0, f"{report}: {writer.failures[:10]}"
-    assert leader(lab) == primary, "the Patroni leader moved during etcd's rolling restart"
-    assert not writer.missing(lab)
-    return report
-
-
-@pytest.mark.slow(reason="two database.yml runs with etcd's rolling restart (about 5 min)")
-def test_a_changed_etcd_setting_restarts_one_member_at_a_time_under_orders(lab: Lab) -> None:
-    assert wait_for(lambda: whole(lab), 60, "the database tier to be whole before the change")
-    changed = overlay_with("etcd-heartbeat", "etcd_heartbeat_interval: 110")
-    try:
-        etcd_restart_under_orders(lab, changed, 110)
-    finally:
-        etcd_restart_under_orders(lab, INVENTORY, 100)

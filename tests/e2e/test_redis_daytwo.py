@@ -5,18 +5,11 @@
   tier holds data, so the play stops with a message naming the Sentinels asked and what
   to check, before it touches a data node: the primary stays primary, its replica
   connected. The Sentinels are started again in a `finally`.
-- A setting that needs a restart (`redis_maxmemory`, set in a group_vars file of an
-  overlay of the lab's inventory: the operator's "edit group_vars") and the play re-run:
-  the data nodes restart one at a time (the replica, then the primary after one Sentinel
-  failover), every node runs the new value, 0 orders fail, none acknowledged is lost.
-  Afterwards the test puts the lab back as it was without a second rolling restart (it
-  would measure the same thing again: 110 s of CI with the data tier held alone): each
-  node's configuration file as the role rendered it from the lab's inventory (kept
-  before the change) and the old value set live (CONFIG SET), so the next run of the
-  role finds nothing to change.
 
-Cost on the lab: the refusal about 15-25 s; the change one run of the play with a
-rolling restart (printed).
+A changed setting's rolling restart of the data nodes runs with every other tier's in
+test_rolling_changes.py; its helpers (overlay_with, node_state, config_epoch) are here.
+
+Cost on the lab: the refusal about 15-25 s.
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import INVENTORY, REPO, Lab, on_every, run_documented
-from tests.e2e.order_writer import OrderWriter
 from tests.e2e.test_redis import (  # noqa: F401 - the client fixture
     MASTER,
     SENTINEL_PORT,
@@ -126,55 +118,3 @@ def config_epoch(lab: Lab, probe: str) -> int:
     here = lab.hosts[probe].address
     reply = ask(lab, probe, Call(here, ("SENTINEL", "MASTER", MASTER), port=SENTINEL_PORT))[0]
     return int(pairs(reply)[0]["config-epoch"])
-
-
-def rolling_change(lab: Lab, probe: str, inventory: Path, want_bytes: str) -> str:
-    """site.yml --tags redis with `inventory` under the order writer: every data node
-    restarted and running `want_bytes`, at most one failover, no failed order."""
-    before = node_state(lab, probe)
-    epoch = config_epoch(lab, probe)
-    with OrderWriter(limit_s=400) as writer:
-        time.sleep(3)
-        started = time.monotonic()
-        run = run_documented("site.yml", "--tags redis", inventory=inventory, timeout=600)
-        took = time.monotonic() - started
-        pair = wait_healthy(lab, probe, 60)
-        time.sleep(3)
-    after = node_state(lab, probe)
-    failovers = config_epoch(lab, probe) - epoch
-    report = (
-        f"site.yml --tags redis (maxmemory {want_bytes}): {took:.0f} s, {failovers} failover(s), "
-        f"primary now {data_nodes(lab)[pair.primary]}; {writer.summary()}"
-    )
-    print(report)
-    assert run.returncode == 0, run.stdout[-4000:]
-    for host, (run_id, maxmemory) in after.items():
-        assert run_id != before[host][0], f"{host} was not restarted"
-        assert maxmemory == want_bytes, f"{host} runs maxmemory {maxmemory}"
-    assert failovers <= 1, report
-    assert writer.failed == 0, f"{report}: {writer.failures[:10]}"
-    missing = writer.missing(lab)
-    assert not missing, f"acknowledged orders missing: {missing}"
-    return report
-
-
-def test_a_changed_setting_restarts_one_data_node_at_a_time_under_orders(
-    lab: Lab,
-    client: str,  # noqa: F811 - pytest fixture
-) -> None:
-    wait_healthy(lab, client, 60)
-    assert {m for _, m in node_state(lab, client).values()} == {LAB_BYTES}
-    changed = overlay_with("redis-maxmemory", f"redis_maxmemory: {CHANGED_MAXMEMORY}")
-    nodes = data_nodes(lab)
-    on_every(lab, list(nodes.values()), f"cp -p {CONF} {CONF}.e2e-before")
-    try:
-        rolling_change(lab, client, changed, CHANGED_BYTES)
-    finally:
-        # Back to the lab's inventory without a restart: the file the role rendered from
-        # it, and the old value set live.
-        on_every(lab, list(nodes.values()), f"mv {CONF}.e2e-before {CONF}")
-        live = ("CONFIG", "SET", "maxmemory", LAB_BYTES)
-        replies = ask(lab, client, *(Call(a, live, "admin") for a in nodes))
-        assert replies == ["OK"] * len(nodes), replies
-        wait_api_ready(60)
-    assert {m for _, m in node_state(lab, client).values()} == {LAB_BYTES}
