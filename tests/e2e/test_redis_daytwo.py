@@ -35,13 +35,6 @@ from tests.e2e.test_redis import (  # noqa: F401 - the client fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data",))]
 
-# Not the lab's value (the role's default, 256mb): the change the test makes and reverts.
-CHANGED_MAXMEMORY = "257mb"
-CHANGED_BYTES = str(257 * 1024 * 1024)
-LAB_BYTES = str(256 * 1024 * 1024)
-CONF = "/etc/redis/zapora/redis.conf"
-
-
 def folded(text: str) -> str:
     """Ansible's output with the message's line folding undone."""
     return re.sub(r"\s+", " ", text)
