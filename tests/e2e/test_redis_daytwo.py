@@ -35,6 +35,7 @@ from tests.e2e.test_redis import (  # noqa: F401 - the client fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data",))]
 
+
 def folded(text: str) -> str:
     """Ansible's output with the message's line folding undone."""
     return re.sub(r"\s+", " ", text)
