@@ -19,9 +19,14 @@ runs once. What each change needs, and what the test asserts of it:
 - nginx (`nginx_keepalive_timeout`): a reload (new workers, the same master process).
 - Prometheus (`prometheus_retention_time`, a command-line flag): restarted with the new flag.
 
-Throughout: 0 failed orders, every acknowledged order in the database. Then the lab's own
-inventory is run the same way, which puts every value back: a second rolling change of every
-tier, held to the same assertions. Both runs' times are printed.
+Throughout, the customer is a client that retries a 503 with the same Idempotency-Key after
+its Retry-After (1 s): every order gets through, none is lost or doubled, no answer but 201
+and 503, and no order waits more than RETRY_BOUND_S. The only 503 seen is PostgreSQL's
+planned switchover: for a second or two no member is primary, and a write that meets that
+gap is answered 503 (once in the first clean-clone run, 1 of 149 orders; never in four runs
+on an idle lab). The answers are printed. Then the lab's own inventory is run the same way,
+which puts every value back: a second rolling change of every tier, held to the same
+assertions. Both runs' times are printed.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import INVENTORY, PROMETHEUS_URL, REPO, Lab, run_documented
-from tests.e2e.order_writer import OrderWriter
+from tests.e2e.order_writer import PACE_S, OrderWriter
 from tests.e2e.test_database_etcd_outage import patroni_status
 from tests.e2e.test_monitoring import get_json
 from tests.e2e.test_redis import (  # noqa: F401 - the client fixture
@@ -56,6 +61,8 @@ from tests.e2e.test_tier_playbooks import wait_for, whole
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data",))]
 
 TAGS = "--tags etcd,postgresql,redis,nginx,prometheus"
+# The longest one order may wait, retries included (the switchover's gap is 1-3 s).
+RETRY_BOUND_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,7 @@ def change_every_tier(lab: Lab, probe: str, inventory: Path, want: Settings, lab
     wait_healthy(lab, probe, 60)
     before = state(lab, probe)
     old_leader = leader_of(before.patroni)
-    with OrderWriter(limit_s=1500) as writer:
+    with OrderWriter(limit_s=1500, retry_key=True) as writer:
         time.sleep(3)
         started = time.monotonic()
         run = run_documented(
@@ -189,7 +196,7 @@ def change_every_tier(lab: Lab, probe: str, inventory: Path, want: Settings, lab
         f"site.yml {TAGS} ({want}): {took:.0f} s; PostgreSQL leader {old_leader} -> "
         f"{new_leader}, timeline {before.patroni[old_leader]['timeline']} -> {sorted(timelines)}; "
         f"{failovers} Redis failover(s), primary now {data_nodes(lab)[pair.primary]}; "
-        f"{writer.summary()}; output in {log}"
+        f"{writer.summary()}, longest wait {writer.longest_wait:.1f} s; output in {log}"
     )
     print(report)
     assert run.returncode == 0, run.stdout[-4000:]
@@ -237,9 +244,12 @@ def change_every_tier(lab: Lab, probe: str, inventory: Path, want: Settings, lab
     retention = flags["storage.tsdb.retention.time"]
     assert seconds(retention) == seconds(want.prometheus_retention), retention
 
-    assert writer.failed == 0, f"{report}: {writer.failures[:10]}"
+    assert set(writer.status) <= {"201", "503"}, f"{report}: {writer.failures[:10]}"
+    assert writer.served >= took / PACE_S * 0.5, report
+    assert writer.longest_wait <= RETRY_BOUND_S, f"{report}: {writer.failures[:10]}"
     missing = writer.missing(lab)
     assert not missing, f"acknowledged orders missing: {missing}"
+    assert writer.doubled(lab) == 0, "a retried Idempotency-Key made a second order"
     wait_api_ready(60)
     return report
 
