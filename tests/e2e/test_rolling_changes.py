@@ -21,7 +21,7 @@ runs once. What each change needs, and what the test asserts of it:
 
 Throughout, the customer is a client that retries a 503 with the same Idempotency-Key after
 its Retry-After (1 s): every order gets through, none is lost or doubled, no answer but 201
-and 503, and no order waits more than RETRY_BOUND_S. The only 503 seen is PostgreSQL's
+and 503, and no order waits more than RETRY_BOUND_S (20 s). The only 503 seen is PostgreSQL's
 planned switchover: for a second or two no member is primary, and a write that meets that
 gap is answered 503 (once in the first clean-clone run, 1 of 149 orders; never in four runs
 on an idle lab). The answers are printed. Then the lab's own inventory is run the same way,
@@ -61,8 +61,9 @@ from tests.e2e.test_tier_playbooks import wait_for, whole
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data",))]
 
 TAGS = "--tags etcd,postgresql,redis,nginx,prometheus"
-# The longest one order may wait, retries included (the switchover's gap is 1-3 s).
-RETRY_BOUND_S = 10.0
+# The longest one order may wait, retries included: the switchover's gap is 1-3 s, and one
+# write waited 4 s on an idle lab; CI runs it beside the other tests on 2 cores.
+RETRY_BOUND_S = 20.0
 
 
 @dataclass(frozen=True)
