@@ -154,6 +154,14 @@ def ready(url: str, ca: Path) -> bool:
         return bool(resp.status == 200)
 
 
+def alive_and_ready(proc: subprocess.Popen[bytes], url: str, ca: Path) -> bool:
+    """Ready at the URL; a process that has exited fails at once with its exit code."""
+    code = proc.poll()
+    if code is not None:
+        pytest.fail(f"{proc.args[0]} exited with {code} before {url} answered")
+    return ready(url, ca)
+
+
 def get_json(url: str, ca: Path) -> Any:
     with urllib.request.urlopen(url, timeout=5, context=https_context(ca)) as resp:
         return json.load(resp)
@@ -313,16 +321,25 @@ def test_prometheus_and_alertmanager_serve_tls_1_3_only(rendered: dict[str, Any]
     mon1, mon2 = HOSTS["mon1"], HOSTS["mon2"]
     web, am, cluster = rendered["web_port"], rendered["am_port"], rendered["cluster_port"]
     with (
-        running(alertmanager_argv(tmp, "mon1"), tmp / "am1.log"),
-        running(alertmanager_argv(tmp, "mon2"), tmp / "am2.log"),
-        running(prometheus_argv(tmp, "mon1"), tmp / "prometheus1.log"),
-        running(prometheus_argv(tmp, "mon2"), tmp / "prometheus2.log"),
+        running(alertmanager_argv(tmp, "mon1"), tmp / "am1.log") as am1,
+        running(alertmanager_argv(tmp, "mon2"), tmp / "am2.log") as am2,
+        running(prometheus_argv(tmp, "mon1"), tmp / "prometheus1.log") as prom1,
+        running(prometheus_argv(tmp, "mon2"), tmp / "prometheus2.log") as prom2,
     ):
         logs = " ".join(str(p) for p in sorted(tmp.glob("*.log")))
-        for host in (mon1, mon2):
+        # Every listener answers before any is probed: Alertmanager can open its web port
+        # seconds after Prometheus is ready (one CI run probed it first and was refused).
+        for name, proc, host, port in (
+            ("Prometheus", prom1, mon1, web),
+            ("Prometheus", prom2, mon2, web),
+            ("Alertmanager", am1, mon1, am),
+            ("Alertmanager", am2, mon2, am),
+        ):
             wait_for(
-                lambda: ready(f"https://{host}:{web}/-/ready", ca),
-                f"Prometheus on {host} ready over HTTPS (logs: {logs})",
+                lambda proc=proc, host=host, port=port: alive_and_ready(
+                    proc, f"https://{host}:{port}/-/ready", ca
+                ),
+                f"{name} on {host} ready over HTTPS (logs: {logs})",
             )
         # Each web listener: TLS 1.3 verified by the address, TLS 1.2 refused, plain text
         # turned away with Go's 400.
