@@ -30,7 +30,7 @@ define pytest
 endef
 
 .PHONY: help setup setup-test image api-image lab lab-up lab-down lab-status lint test test-unit test-rules test-app test-roles \
-        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-edge bench-rollout bench-failover bench-failover-drill bench-backup clean \
+        test-role test-e2e test-e2e-suite test-e2e-full lock bench bench-lists bench-edge bench-rollout bench-autoscale bench-failover bench-failover-drill bench-backup clean \
         sast audit load-test openapi release-id smoke stage promote
 
 help:  ## list the targets
@@ -221,6 +221,9 @@ bench-edge: setup  ## the edge's cost only: wrk on the edge host through TLS and
 
 bench-rollout: setup  ## 20 deploys under load through the lab's edge (the lab must be up)
 	python bench/rollout.py
+
+bench-autoscale: setup  ## a stepped login load (low, high, low) through the lab's edge: replicas over time, time to scale up and down, req/s and p99 per step, failed requests (the lab must be up)
+	python bench/autoscale.py
 
 bench-backup: setup  ## 1 GB database: full backup and restore time per repository, RPO under a trickle (the lab must be up)
 	python bench/backup.py $(BENCH_ARGS)
