@@ -306,6 +306,10 @@ def test_app_replica_settings_pass(tmp_path: Path) -> None:
             ["firewall_app_upstream_ports", "8101"],
         ),
         ({"app_replicas_max": 3, "nginx_app_replicas_max": 1}, ["nginx_app_replicas_max"]),
+        (
+            {"app_replicas_max": 2, "app_autoscale": True, "app_drain_seconds": 20},
+            ["nginx_app_replica_keepalive_seconds (15)", "app_autoscale_drain_seconds (20"],
+        ),
     ],
 )
 def test_app_replica_settings_refused_naming_the_variable(
