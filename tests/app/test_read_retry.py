@@ -1,6 +1,7 @@
 """A read whose connection is lost under it is run again on a fresh connection: the server
 terminating the backend (`pg_terminate_backend`, as on a restart or failover) costs the client
-nothing on GETs. Writes are not repeated (their outcome is unknown): 503 + Retry-After."""
+nothing on GETs. A status change is not repeated (its outcome is unknown): 503 + Retry-After;
+an order with an Idempotency-Key is (test_unknown_outcome.py)."""
 
 from __future__ import annotations
 

@@ -9,24 +9,29 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from loguru import logger
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from zapora.infra.metrics import READ_RETRIES
+from zapora.infra.metrics import READ_RETRIES, WRITE_RETRIES
 from zapora.infra.tracing import tracer, tracing_enabled
 
 Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
 Params = Sequence[Any] | dict[str, Any]
 T = TypeVar("T")
+# A write's retry is made only with at least this much of the request deadline left: with
+# less, the deadline would most likely cut it off as well, and its outcome would be as
+# unknown as the first one's (docs/postgresql.md, "Connections lost under a write").
+WRITE_RETRY_MIN_SECONDS = 1.0
 
 
 def client_conninfo(
@@ -69,6 +74,15 @@ def _sever(conn: Conn, deadline: float) -> None:
     logger.warning("no answer from PostgreSQL within {} s: closing the connection", deadline)
     with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _lost(conn: Conn | None) -> bool:
+    """Whether the connection a query failed on (psycopg.OperationalError) is gone: the server
+    terminated the backend, restarted or failed over, or _sever shut it; psycopg marks it
+    broken or closed. A statement that failed on a live connection (statement timeout, lock
+    timeout) leaves it open: the server rolled it back, so its outcome is known. None: the
+    failure came before a connection was handed out (no work ran)."""
+    return conn is not None and (conn.broken or conn.closed)
 
 
 def _still_open(conn: Conn) -> bool:
@@ -192,10 +206,12 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def writer(self) -> AsyncIterator[Conn]:
+    async def writer(self, *, within: float | None = None) -> AsyncIterator[Conn]:
         """A connection on the primary in autocommit: each statement is its own transaction
-        (for a change made by one statement: no BEGIN or COMMIT round trip)."""
-        async with self._on(self.primary) as conn:
+        (for a change made by one statement: no BEGIN or COMMIT round trip). `within`: the
+        seconds this checkout may last in all, the wait for a connection included (see
+        `_on`)."""
+        async with self._on(self.primary, within=within) as conn:
             yield conn
 
     @asynccontextmanager
@@ -235,28 +251,95 @@ class Database:
         is broken afterwards), run it once more on a fresh connection. A read has no effect to
         repeat, so the client gets its answer instead of a 503. A query that merely failed
         (statement timeout, bad data) on a live connection is not repeated."""
-        used: list[Conn] = []
+        return await self._once_more_if_lost(
+            lambda _: self.reader(fresh=fresh), work, "read", READ_RETRIES, bounded=False
+        )
 
-        async def tracked(conn: Conn) -> T:
-            used.append(conn)
-            return await work(conn)
+    async def write(self, work: Callable[[Conn], Awaitable[T]], *, retry: bool = False) -> T:
+        """Run `work`, a change, on a `writer()` connection (autocommit).
 
+        Without `retry`, a connection lost under it raises: whether the change committed is
+        unknown, and the client is answered 503. With `retry`, which the caller passes only
+        for a change that is safe to repeat (an order with its Idempotency-Key: the repeat
+        finds the key's record and returns the first response if the first attempt
+        committed, else it makes the change once), the work runs once more on a fresh
+        connection from the pool, which waits for a primary as for any request (a
+        switchover's gap of a second or two). As in `read`, only a lost connection is
+        retried: a statement that failed on a live one (statement timeout, constraint) is
+        not, and a second loss raises.
+
+        Deadline: both attempts together stay within the request deadline (`deadline`),
+        counted from the start of the first attempt, its wait for a connection included. The
+        retry gets what is left: it waits for a connection at most that long (or the pool's
+        timeout, if shorter) and its connection is shut under it when the rest runs out. With
+        less than WRITE_RETRY_MIN_SECONDS left no retry is made (the first attempt already
+        used the deadline, e.g. it was cut off by it). With no deadline (0) the retry has the
+        limits of any request."""
+        if not retry:
+            async with self.writer() as conn:
+                return await work(conn)
+        return await self._once_more_if_lost(
+            lambda within: self.writer(within=within), work, "write", WRITE_RETRIES, bounded=True
+        )
+
+    async def _once_more_if_lost(
+        self,
+        session: Callable[[float | None], AbstractAsyncContextManager[Conn]],
+        work: Callable[[Conn], Awaitable[T]],
+        kind: str,
+        retries: Counter,
+        *,
+        bounded: bool,
+    ) -> T:
+        """`work` on `session(None)`'s connection; if that connection is lost under it (see
+        `_lost`), once more on `session(within)`'s. `bounded`: the two share the request
+        deadline (`within` is its rest; see `write`), else `within` is None."""
+        started = time.monotonic()
+        used: Conn | None = None
+        within: float | None = None
         try:
-            async with self.reader(fresh=fresh) as conn:
-                return await tracked(conn)
+            async with session(None) as conn:
+                used = conn
+                return await work(conn)
         except psycopg.OperationalError as exc:
-            if not used or not (used[-1].broken or used[-1].closed):
+            if not _lost(used):
                 raise
-            READ_RETRIES.inc()
-            logger.warning("connection lost during a read, retrying on a fresh one: {}", exc)
-        async with self.reader(fresh=fresh) as conn:
+            if bounded and self.deadline:
+                within = self.deadline - (time.monotonic() - started)
+                if within < WRITE_RETRY_MIN_SECONDS:
+                    logger.warning(
+                        "connection lost during a {}, not retried: {:.1f} s of the {} s"
+                        " deadline left: {}",
+                        kind,
+                        max(within, 0.0),
+                        self.deadline,
+                        exc,
+                    )
+                    raise
+            retries.inc()
+            logger.warning("connection lost during a {}, retrying on a fresh one: {}", kind, exc)
+        async with session(within) as conn:
             return await work(conn)
 
     @asynccontextmanager
     async def _on(
-        self, pool: AsyncConnectionPool[Conn], deadline: float | None = None
+        self,
+        pool: AsyncConnectionPool[Conn],
+        deadline: float | None = None,
+        *,
+        within: float | None = None,
     ) -> AsyncIterator[Conn]:
-        conn = await self._getconn(pool)
+        """A connection of `pool`, severed after `deadline` (default: the request deadline).
+        `within` bounds the checkout as a whole instead: the wait for a connection (at most
+        the pool's timeout) and then the deadline share it."""
+        if within is None:
+            conn = await self._getconn(pool)
+        else:
+            end = time.monotonic() + within
+            conn = await self._getconn(pool, min(pool.timeout, within))
+            # Not 0, which _watch reads as "no deadline": a wait that took all of it leaves
+            # the connection an instant.
+            deadline = max(end - time.monotonic(), 0.001)
         timer = self._watch(conn, deadline)
         try:
             yield conn

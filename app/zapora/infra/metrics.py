@@ -49,6 +49,11 @@ READ_RETRIES = Counter(
     "zapora_db_read_retries_total",
     "Reads run again on a fresh connection after theirs was lost mid-query",
 )
+WRITE_RETRIES = Counter(
+    "zapora_db_write_retries_total",
+    "Idempotent writes (orders with an Idempotency-Key) run again on a fresh connection"
+    " after theirs was lost mid-statement",
+)
 DEGRADED = Counter(
     "zapora_degraded_total",
     "Requests served without a dependency (Redis, replica), by what was skipped",

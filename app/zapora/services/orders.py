@@ -108,13 +108,17 @@ class OrderService:
     ) -> tuple[int, OrderOut, UUID]:
         """Returns (status code, order, caller's id); a replayed key returns the first
         response. The caller's row is checked here, in the order's own statement (active, token
-        not revoked: else Unauthorized), so the request makes one round trip to PostgreSQL."""
+        not revoked: else Unauthorized), so the request makes one round trip to PostgreSQL.
+        With a key, a connection lost under the statement is retried once (`Database.write`)."""
         # An item may appear on several lines (each line's quantity is 1..50), as the schema
         # allows; lines stay as sent.
         fingerprint = request_fingerprint(items, notes)
         try:
-            async with self.infra.db.writer() as conn:
-                row = await repo.create(
+            # With a key the statement is safe to repeat when its connection is lost under it
+            # (a PostgreSQL switchover): the repeat replays the first response if the first
+            # attempt committed. Without one the outcome is unknown: 503.
+            row = await self.infra.db.write(
+                lambda conn: repo.create(
                     conn,
                     caller.user_id,
                     caller.jti,
@@ -126,7 +130,9 @@ class OrderService:
                     ORDER_EVENT,
                     origin.client_ip,
                     origin.request_id,
-                )
+                ),
+                retry=idempotency_key is not None,
+            )
         except psycopg.errors.UniqueViolation:
             # A concurrent request with this key committed first: answer what it answered.
             assert idempotency_key is not None
