@@ -19,16 +19,16 @@ runs once. What each change needs, and what the test asserts of it:
 - nginx (`nginx_keepalive_timeout`): a reload (new workers, the same master process).
 - Prometheus (`prometheus_retention_time`, a command-line flag): restarted with the new flag.
 
-Throughout, the customer is a client that retries a 503 with the same Idempotency-Key after
-its Retry-After (1 s): every order gets through, none is lost or doubled, no answer but 201
-and 503, and no order waits more than RETRY_BOUND_S (20 s). The only 503 seen was in
-PostgreSQL's planned switchover: for a second or two no member is primary, and an order whose
-connection the old primary closed was answered 503 (once in the first clean-clone run, 1 of
-149 orders; never in four runs on an idle lab). The API now runs such a keyed order once more
-on a fresh connection (docs/postgresql.md, "Connections lost under a write"); a 503 stays
-allowed for a second loss or a gap longer than that retry may wait. The answers are printed.
-Then the lab's own inventory is run the same way, which puts every value back: a second
-rolling change of every tier, held to the same assertions. Both runs' times are printed.
+Throughout, a customer posts an order every PACE_S s through the edge, each with its own
+Idempotency-Key, sent once: every order must be answered 201 (0 failed client requests), and
+every acknowledged one be in the database, none doubled. PostgreSQL's planned switchover
+leaves a second or two with no primary; an order whose connection the old primary closed
+is run once more by the API on a fresh connection (docs/postgresql.md, "Connections lost
+under a write"), and one that asks for a connection in the gap waits for the new primary
+(the pool's timeout). Before that retry, one order of 149 was answered 503 in a clean-clone
+CI run. The answers are printed. Then the lab's own inventory is run the same way, which
+puts every value back: a second rolling change of every tier, held to the same assertions.
+Both runs' times are printed.
 """
 
 from __future__ import annotations
@@ -63,9 +63,6 @@ from tests.e2e.test_tier_playbooks import wait_for, whole
 pytestmark = [pytest.mark.e2e, pytest.mark.lab(shared=("app",), exclusive=("data",))]
 
 TAGS = "--tags etcd,postgresql,redis,nginx,prometheus"
-# The longest one order may wait, retries included: the switchover's gap is 1-3 s, and one
-# write waited 4 s on an idle lab; CI runs it beside the other tests on 2 cores.
-RETRY_BOUND_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,7 @@ def change_every_tier(lab: Lab, probe: str, inventory: Path, want: Settings, lab
     wait_healthy(lab, probe, 60)
     before = state(lab, probe)
     old_leader = leader_of(before.patroni)
-    with OrderWriter(limit_s=1500, retry_key=True) as writer:
+    with OrderWriter(limit_s=1500) as writer:
         time.sleep(3)
         started = time.monotonic()
         run = run_documented(
@@ -199,7 +196,7 @@ def change_every_tier(lab: Lab, probe: str, inventory: Path, want: Settings, lab
         f"site.yml {TAGS} ({want}): {took:.0f} s; PostgreSQL leader {old_leader} -> "
         f"{new_leader}, timeline {before.patroni[old_leader]['timeline']} -> {sorted(timelines)}; "
         f"{failovers} Redis failover(s), primary now {data_nodes(lab)[pair.primary]}; "
-        f"{writer.summary()}, longest wait {writer.longest_wait:.1f} s; output in {log}"
+        f"{writer.summary()}; output in {log}"
     )
     print(report)
     assert run.returncode == 0, run.stdout[-4000:]
@@ -247,12 +244,11 @@ def change_every_tier(lab: Lab, probe: str, inventory: Path, want: Settings, lab
     retention = flags["storage.tsdb.retention.time"]
     assert seconds(retention) == seconds(want.prometheus_retention), retention
 
-    assert set(writer.status) <= {"201", "503"}, f"{report}: {writer.failures[:10]}"
+    assert writer.failed == 0, f"{report}: {writer.failures[:10]}"
     assert writer.served >= took / PACE_S * 0.5, report
-    assert writer.longest_wait <= RETRY_BOUND_S, f"{report}: {writer.failures[:10]}"
     missing = writer.missing(lab)
     assert not missing, f"acknowledged orders missing: {missing}"
-    assert writer.doubled(lab) == 0, "a retried Idempotency-Key made a second order"
+    assert writer.doubled(lab) == 0, "the API's retry of a lost order made a second order"
     wait_api_ready(60)
     return report
 
