@@ -376,3 +376,12 @@ def test_a_colour_switch_forgets_the_other_colours_recommendations(tmp_path: Pat
     A.step(settings(tmp_path), host, history, 15)
     assert history.colour == "green" and history.entries == [(15, 1)]
     assert host.calls == [("drain", 2)]
+
+
+def test_step_never_starts_a_colour_that_no_replica_runs(tmp_path: Path) -> None:
+    """A host removal, a deploy or an operator stopped every replica: left stopped."""
+    (tmp_path / "state.json").write_text(json.dumps({"active": "blue"}))
+    host = FakeHost({})
+    assert A.step(settings(tmp_path, min=2), host, A.History(), 0) is None
+    assert host.calls == []
+    assert not (tmp_path / "zapora_autoscaler.prom").exists()

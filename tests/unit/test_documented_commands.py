@@ -30,6 +30,8 @@ NOT_RUN = {
     "make bench-failover-drill": "a benchmark (10 primary kills per mode); figures in "
     "docs/postgresql.md",
     "make bench-failover-drill BENCH_ARGS=…": "the same benchmark with other arguments",
+    "make bench-autoscale": "a benchmark (3 minutes of stepped load through the lab's edge); "
+    "figures in docs/performance.md",
     "make bench-backup": "a benchmark (a 1 GB database per repository); docs/postgresql.md",
     "make test-e2e-full": "CI runs the same suite without its slow tests (make test-e2e-suite)",
     "make lock": "re-resolves every pin against PyPI and rewrites requirements/; run by hand",

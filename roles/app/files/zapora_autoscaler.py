@@ -4,15 +4,16 @@ with the algorithm of Kubernetes' HorizontalPodAutoscaler v2 (docs/operator-guid
 "Autoscaling").
 
 Every --interval seconds: read the active colour from the deploy's state.json, skip while a
-deploy or rollback runs (its marker file on this host), read each running api replica's CPU
-use (a share of its CPU limit, from two reads of its cgroup's CPU time a second apart) and
-memory use without inactive page cache (a share of its memory limit) from the replica's own
-cgroup, v1 or v2, found through /proc/<its pid>/cgroup, as the kubelet (cAdvisor) measures a
-container; the limits come from the Docker Engine API (HostConfig). Docker's stats API is
-not read: some engines answer it with nothing while the kernel's counters are right. Then
-compute the desired count (`decide`, a pure function), and start or drain-and-stop
-replicas one slot at a time. Every decision is one JSON line on stdout (the journal);
-node_exporter's textfile collector gets zapora_autoscaler_* metrics.
+deploy or rollback runs (its marker file on this host) or while no replica of the colour
+runs (a deploy, a host removal or an operator stopped it: never started from zero), read
+each running api replica's CPU use (a share of its CPU limit, from two reads of its cgroup's
+CPU time a second apart) and memory use without inactive page cache (a share of its memory
+limit) from the replica's own cgroup, v1 or v2, found through /proc/<its pid>/cgroup, as the
+kubelet (cAdvisor) measures a container; the limits come from the Docker Engine API
+(HostConfig). Docker's stats API is not read: some engines answer it with nothing while the
+kernel's counters are right. Then compute the desired count (`decide`, a pure function), and
+start or drain-and-stop replicas one slot at a time. Every decision is one JSON line on
+stdout (the journal); node_exporter's textfile collector gets zapora_autoscaler_* metrics.
 
 Replica slot i of a colour is Compose service `api` (i = 1) or `api-<i>`, publishing the
 colour's API port + step * (i - 1). Up starts the lowest free slot and counts it once its
@@ -486,6 +487,12 @@ def step(settings: Settings, host: Host, history: History, now: float) -> Decisi
         # A switch: the other colour's recommendations say nothing about this one.
         history.entries, history.colour = [], colour
     running = host.replicas(colour)
+    if not running:
+        # Nothing to measure, and nothing this program stopped: a deploy, a host removal
+        # (app-host-remove.yml) or an operator stopped the colour here, and Docker's restart
+        # policy brings back a replica that crashed. Starting it again would undo them.
+        log({"event": "skip", "reason": "no replica of the active colour runs", "colour": colour})
+        return None
     usages = host.usages([running[slot] for slot in sorted(running)])
     decision = decide(settings.policy, usages, history, now)
     log(
