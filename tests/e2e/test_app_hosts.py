@@ -1,11 +1,11 @@
 """The app role on the lab's app hosts: secret files, the colours' Compose projects, ports.
 
-On each app host: the secret files are the image user's only and hold the lab's
-secrets, which appear nowhere in the containers' settings (`docker inspect`); the active
-colour runs exactly api and worker; the other colour is stopped but kept for a rollback,
-and its port is closed. From edge1 (the upstream's only client): the active colour's
-port answers ready with PostgreSQL and Redis, and an authenticated read goes through
-the migrated schema.
+On each app host: the secret files are the image user's only and hold the lab's secrets,
+which appear nowhere in the containers' settings (`docker inspect`); the active colour
+runs api and worker (and the autoscaler's replicas `api-2` ...); the other colour is
+stopped but kept for a rollback, and its port is closed. From edge1 (the upstream's only
+client): the active colour's port answers ready with PostgreSQL and Redis, and an
+authenticated read goes through the migrated schema.
 
 test_api_rollout.py runs before this file and leaves either colour active, so every test
 reads the active colour from each host's state.json. A few SSH calls per host, no
@@ -15,13 +15,15 @@ change to the lab: the whole file takes about 10 s.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import REPO, Lab, api_client, api_login, app_state, lab_secret
+from tests.e2e.conftest import INVENTORY, REPO, Lab, api_client, api_login, app_state, lab_secret
 from tests.e2e.test_baseline import port_state
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +69,11 @@ def colours(lab: Lab, host: str) -> tuple[str, str, dict[str, object]]:
     other = "green" if active == "blue" else "blue"
     recorded: dict[str, object] = state["colours"][other]  # type: ignore[index]
     return active, other, recorded
+
+
+def app_inventory() -> dict[str, Any]:
+    """The lab's group_vars/all/app.yml (app_replicas_max, ...)."""
+    return dict(yaml.safe_load((INVENTORY / "group_vars/all/app.yml").read_text()))
 
 
 def project_containers(lab: Lab, host: str, colour: str, fmt: str) -> list[str]:
@@ -118,8 +125,14 @@ def test_active_colour_runs_api_and_worker_with_no_secret_in_their_settings(lab:
     for host in lab.groups["app"]:
         active, _, _ = colours(lab, host)
         fmt = '{{.Label "com.docker.compose.service"}} {{.Label "org.zapora.colour"}} {{.State}}'
-        running = project_containers(lab, host, active, fmt)
+        containers = project_containers(lab, host, active, fmt)
+        # Replica slots 2 and up (`api-2` ...) are the autoscaler's: running or stopped,
+        # as the load had them (tests/e2e/test_autoscale.py checks them).
+        extra = [c for c in containers if re.fullmatch(rf"api-\d+ {active} \w+", c)]
+        running = [c for c in containers if c not in extra]
         assert running == [f"api {active} running", f"worker {active} running"], (host, running)
+        maximum = int(app_inventory().get("app_replicas_max", 1))
+        assert all(2 <= int(c.split()[0][4:]) <= maximum for c in extra), (host, extra)
         inspect = lab.ssh(
             host,
             f"docker ps -q --filter label=com.docker.compose.project=zapora-{active} "
@@ -152,7 +165,12 @@ def test_the_stopped_colour_is_kept_and_its_port_closed(lab: Lab) -> None:
     for host in lab.groups["app"]:
         _, other, recorded = colours(lab, host)
         fmt = '{{.Label "com.docker.compose.service"}} {{.State}}'
-        kept = project_containers(lab, host, other, fmt)
+        containers = project_containers(lab, host, other, fmt)
+        # Replica slots 2 and up a deploy started for this colour: stopped with it, or
+        # created and never started; none runs.
+        extra = [c for c in containers if re.fullmatch(r"api-\d+ \w+", c)]
+        assert all(c.split()[1] in ("exited", "created") for c in extra), (host, other, extra)
+        kept = [c for c in containers if c not in extra]
         stopped = ["api exited", "worker exited"]
         # Nothing of the other colour runs. It has no containers only when it never
         # started on this host (a fresh `make lab`); a failed deploy's are stopped too.

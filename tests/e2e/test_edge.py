@@ -171,20 +171,45 @@ def active_colour(lab: Lab) -> str:
     return markers[0]
 
 
-def upstream_host(lab: Lab, upstream_addr: str, colour: str) -> str:
-    """The app host behind an access log's upstream_addr, which must be the colour's port."""
-    port = edge_settings()["nginx_colour_ports"][colour]
-    by_addr = {f"{lab.hosts[h].address}:{port}": h for h in lab.groups["app"]}
-    assert upstream_addr in by_addr, f"upstream {upstream_addr!r} is not {colour} on an app host"
-    return by_addr[upstream_addr]
+def answered(line: dict[str, Any], key: str) -> str:
+    """The value of the upstream that answered. nginx logs every upstream it tried, comma
+    separated (`502, 502, 404`): an empty API replica slot (docs/operator-guide.md
+    "Autoscaling") refuses the connection and nginx tries the next server, so every value
+    before the last must be such a refusal (502 with no time spent)."""
+    values = [v.strip() for v in str(line[key]).split(",")]
+    if key == "upstream_status":
+        assert all(v == "502" for v in values[:-1]), line
+    return values[-1]
 
 
-def api_log(lab: Lab, host: str, colour: str, request_id: str) -> dict[str, Any]:
+def upstream_host(lab: Lab, upstream_addr: str, colour: str) -> tuple[str, str]:
+    """The app host and Compose service (`api`, `api-2`, ...) behind an access log's
+    upstream_addr (the last one tried), which must be a replica slot's port of the colour."""
+    settings = edge_settings()
+    app = yaml.safe_load((INVENTORY / "group_vars/all/app.yml").read_text())
+    port = settings["nginx_colour_ports"][colour]
+    step = int(app.get("app_replica_port_step", 100))
+    by_addr = {
+        f"{lab.hosts[h].address}:{port + step * (slot - 1)}": (
+            h,
+            "api" if slot == 1 else f"api-{slot}",
+        )
+        for h in lab.groups["app"]
+        for slot in range(1, int(app.get("app_replicas_max", 1)) + 1)
+    }
+    last = upstream_addr.split(",")[-1].strip()
+    assert last in by_addr, f"upstream {upstream_addr!r} is not {colour} on an app host"
+    return by_addr[last]
+
+
+def api_log(
+    lab: Lab, host: str, colour: str, request_id: str, service: str = "api"
+) -> dict[str, Any]:
     """The API's access line (JSON, logged by its middleware) for one request id, from the
-    colour's api container on `host`."""
+    colour's api container (Compose `service`: a replica slot) on `host`."""
     container = (
         f"$(docker ps -q --filter label=com.docker.compose.project=zapora-{colour} "
-        "--filter label=com.docker.compose.service=api)"
+        f"--filter label=com.docker.compose.service={service})"
     )
     needle = shlex.quote(f'"request_id":"{request_id}"')
     deadline = time.monotonic() + 10
@@ -198,7 +223,7 @@ def api_log(lab: Lab, host: str, colour: str, request_id: str) -> dict[str, Any]
         if found or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(found) == 1, f"{host} {colour} api: {len(found)} access lines for {request_id}"
+    assert len(found) == 1, f"{host} {colour} {service}: {len(found)} access lines for {request_id}"
     return found[0]
 
 
@@ -279,7 +304,7 @@ def test_security_headers_on_api_and_edge_answers(lab: Lab) -> None:
         problems += header_problems(f"{status} {path}", r["headers"])
         line = lines[rid]
         # Who answered: the API (its status in the log) or the edge (no upstream).
-        assert (line["upstream_status"] == str(status)) is upstream, line
+        assert (answered(line, "upstream_status") == str(status)) is upstream, line
         if status == 404:
             assert header(r, "content-type") == "application/problem+json", r
             assert r["body"]["status"] == 404, r
@@ -333,10 +358,11 @@ def test_request_id_and_traceparent_reach_the_api(lab: Lab) -> None:
     for rid, line in lines.items():
         # The edge's JSON line has the id, the upstream that answered and its timings.
         assert line["status"] == 200 and line["colour"] == colour, line
-        assert float(line["upstream_response_time"]) >= 0, line
-        host = upstream_host(lab, line["upstream_addr"], colour)
+        assert answered(line, "upstream_status") == "200", line
+        assert float(answered(line, "upstream_response_time")) >= 0, line
+        host, service = upstream_host(lab, line["upstream_addr"], colour)
         # The same id reached the API, which logged it with its answer.
-        logged = api_log(lab, host, colour, rid)
+        logged = api_log(lab, host, colour, rid, service)
         assert logged["status"] == 200 and logged["path"] == "/health/live", logged
         # The client address the API sees is app1's, from the edge's X-Forwarded-For.
         assert logged["client_ip"] == lab.hosts["app1"].address, logged
@@ -430,7 +456,7 @@ def test_waf_passes_api_calls_and_refuses_attacks(lab: Lab) -> None:
     for c, r, rid in zip(calls[:passing], answers[:passing], rids[:passing], strict=True):
         assert rid == c["headers"]["X-Request-ID"], (c, r)
         # The API answered (its status is the upstream's): the WAF did not refuse the call.
-        assert lines[rid]["upstream_status"] == str(r["status"]), (c, r, lines[rid])
+        assert answered(lines[rid], "upstream_status") == str(r["status"]), (c, r, lines[rid])
         passed.append(f"{c['method']} {c['path'].split('?')[0]} {r['status']}")
     print("passed the WAF:", passed)
     for (name, path), r, rid in zip(
