@@ -199,7 +199,9 @@ test:  ## every test: the lab and the end-to-end suite in the background from th
 	if [ "$$(cat $(RESULTS)/lab.rc 2>/dev/null)" = ok ]; then \
 	  echo "==== make lab: ok"; cat $(RESULTS)/e2e.log; \
 	else \
-	  echo "==== make lab: FAILED; last lines of its log:"; tail -n 80 $(RESULTS)/lab.log; rc=1; \
+	  echo "==== make lab: FAILED; last lines of its log:"; tail -n 40 $(RESULTS)/lab.log; \
+	  echo "==== make lab: its failed tasks (fatal, FAILED!, ERROR!):"; \
+	  grep -E -A8 '^fatal:|FAILED!|^ERROR!|^failed:' $(RESULTS)/lab.log | cut -c1-400 | tail -n 60; rc=1; \
 	fi; \
 	printf '%s\n' $(WORKFLOW_ONLY) >>$(RESULTS)/not-run.txt; \
 	python3 scripts/test-summary.py $(RESULTS) || rc=1; exit $$rc
