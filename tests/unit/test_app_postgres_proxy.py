@@ -87,6 +87,8 @@ def test_two_postgres_hosts_go_through_haproxy_checked_by_patroni(tmp_path: Path
                 f" ca-file /etc/haproxy/internal-ca.crt verifyhost {host}"
             ) in section
     assert "on-marked-down shutdown-sessions" in cfg
+    # A refused connection is retried on a server chosen afresh (docs/failover.md).
+    assert "retries 3" in cfg and "option redispatch 1" in cfg
     assert "mode tcp" in cfg
 
 
