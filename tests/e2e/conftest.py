@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.documented import Shape, require_documented
 
@@ -132,6 +133,11 @@ def venv_tool(name: str) -> str:
     tool = str(beside) if beside.exists() else shutil.which(name)
     assert tool, f"{name} not found: run `make setup` (it creates .venv)"
     return tool
+
+
+def lab_group_vars(name: str) -> dict[str, Any]:
+    """The lab's inventory/lab/group_vars/all/<name>.yml as written (plain values only)."""
+    return dict(yaml.safe_load((INVENTORY / "group_vars" / "all" / f"{name}.yml").read_text()))
 
 
 def _inventory() -> dict[str, object]:

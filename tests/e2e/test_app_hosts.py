@@ -18,12 +18,19 @@ import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.conftest import INVENTORY, REPO, Lab, api_client, api_login, app_state, lab_secret
+from tests.e2e.conftest import (
+    REPO,
+    Lab,
+    api_client,
+    api_login,
+    app_state,
+    lab_group_vars,
+    lab_secret,
+)
 from tests.e2e.test_baseline import port_state
 
 pytestmark = pytest.mark.e2e
@@ -69,11 +76,6 @@ def colours(lab: Lab, host: str) -> tuple[str, str, dict[str, object]]:
     other = "green" if active == "blue" else "blue"
     recorded: dict[str, object] = state["colours"][other]  # type: ignore[index]
     return active, other, recorded
-
-
-def app_inventory() -> dict[str, Any]:
-    """The lab's group_vars/all/app.yml (app_replicas_max, ...)."""
-    return dict(yaml.safe_load((INVENTORY / "group_vars/all/app.yml").read_text()))
 
 
 def project_containers(lab: Lab, host: str, colour: str, fmt: str) -> list[str]:
@@ -131,7 +133,7 @@ def test_active_colour_runs_api_and_worker_with_no_secret_in_their_settings(lab:
         extra = [c for c in containers if re.fullmatch(rf"api-\d+ {active} \w+", c)]
         running = [c for c in containers if c not in extra]
         assert running == [f"api {active} running", f"worker {active} running"], (host, running)
-        maximum = int(app_inventory().get("app_replicas_max", 1))
+        maximum = int(lab_group_vars("app").get("app_replicas_max", 1))
         assert all(2 <= int(c.split()[0][4:]) <= maximum for c in extra), (host, extra)
         inspect = lab.ssh(
             host,

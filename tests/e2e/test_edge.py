@@ -35,7 +35,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import INVENTORY, REPO, Lab, edge_tls, lab_secret, venv_tool
+from tests.e2e.conftest import (
+    INVENTORY,
+    REPO,
+    Lab,
+    edge_tls,
+    lab_group_vars,
+    lab_secret,
+    venv_tool,
+)
 from tests.e2e.files import edge_probe
 from tests.e2e.test_baseline import port_state
 
@@ -65,7 +73,7 @@ def edge_settings() -> dict[str, Any]:
     """The nginx role's defaults with the lab's nginx group_vars on top (as site.yml
     applies them; only plain values are read from the result)."""
     settings: dict[str, Any] = yaml.safe_load((REPO / "roles/nginx/defaults/main.yml").read_text())
-    settings.update(yaml.safe_load((INVENTORY / "group_vars/all/nginx.yml").read_text()))
+    settings.update(lab_group_vars("nginx"))
     return settings
 
 
@@ -186,7 +194,7 @@ def upstream_host(lab: Lab, upstream_addr: str, colour: str) -> tuple[str, str]:
     """The app host and Compose service (`api`, `api-2`, ...) behind an access log's
     upstream_addr (the last one tried), which must be a replica slot's port of the colour."""
     settings = edge_settings()
-    app = yaml.safe_load((INVENTORY / "group_vars/all/app.yml").read_text())
+    app = lab_group_vars("app")
     port = settings["nginx_colour_ports"][colour]
     step = int(app.get("app_replica_port_step", 100))
     by_addr = {

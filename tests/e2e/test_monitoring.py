@@ -42,6 +42,7 @@ from tests.e2e.conftest import (
     Lab,
     app_state,
     internal_tls,
+    lab_group_vars,
     lab_secret,
     node_exporter_outage,
     order_journey,
@@ -366,8 +367,7 @@ def test_api_file_sd_targets_carry_the_active_colour(lab: Lab) -> None:
     # not the autoscaler runs a replica there; an empty one refuses the connection.
     slots = [t for t in mine if t["labels"].get("replica_slot")]
     per_slot = Counter(t["labels"]["replica_slot"] for t in slots)
-    app_yml = REPO / "inventory" / "lab" / "group_vars" / "all" / "app.yml"
-    maximum = int(yaml.safe_load(app_yml.read_text()).get("app_replicas_max", 1))
+    maximum = int(lab_group_vars("app").get("app_replicas_max", 1))
     expected = {str(slot): len(lab.groups["app"]) for slot in range(2, maximum + 1)}
     assert dict(per_slot) == expected, slots
     for t in slots:
