@@ -4,12 +4,13 @@
 # left it), then three pytest processes side by side:
 #   scripts/e2e-suite.sh RESULTS_DIR
 # - the data tier's files (test_database*, test_backup*, test_redis*: PostgreSQL, its
-#   backups, Redis; test_failover, test_upgrade and test_rolling_changes, which hold the
-#   data tier alone),
+#   backups, Redis; test_failover and test_upgrade, which hold the data tier alone),
 #   JUnit e2e-data.xml;
 # - every other file (the app tier: the edge, deploys, the hosts, monitoring), e2e.xml;
 # - the InstanceDown alert test, which is mostly waiting (the rule's `for: 2m`, then the
-#   resolve), e2e-alert.xml.
+#   resolve), then test_new_app_host (a seventh host added and removed), e2e-alert.xml;
+# then, alone, the rolling change of every tier (test_rolling_changes, e2e-last.xml),
+# which leaves the lab with its changed values.
 # The two tiers' tests wait for each other only where one disturbs what the other relies
 # on: each test holds a shared or exclusive lock per tier (tests/e2e/conftest.py,
 # lab_tiers), so a deploy runs beside a backup but never beside a failover. A process
@@ -21,12 +22,19 @@ set -uo pipefail
 results="$1"
 markers="${2:-e2e and not slow}"
 alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook"
+# After the alert test in its process: a seventh host made, converged alone (beside the
+# rest), joined and removed (the app tier held alone for that part only).
+host_test="tests/e2e/test_new_app_host.py"
 # The data tier's files that only share the tier go first: they run beside the app tier's
 # deploys (which hold the app tier alone), and the tests that hold the data tier alone
 # wait for those deploys anyway.
 data_files=(tests/e2e/test_backup*.py tests/e2e/test_redis_backup.py tests/e2e/test_database.py
             tests/e2e/test_database_*.py tests/e2e/test_redis.py tests/e2e/test_redis_daytwo.py
-            tests/e2e/test_failover.py tests/e2e/test_upgrade.py tests/e2e/test_rolling_changes.py)
+            tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
+# Last, alone: the rolling change of every tier leaves the lab with the changed values
+# (tests/e2e/test_rolling_changes.py says why), so it follows every test that runs
+# site.yml with the lab's inventory or reads those settings.
+last_test="tests/e2e/test_rolling_changes.py"
 mkdir -p "$results"
 
 # --- The capture: every packet to, from or between the lab's hosts but SSH (the image
@@ -54,19 +62,23 @@ fresh=$?
 ignore_data=()
 for f in "${data_files[@]}"; do ignore_data+=(--ignore "$f"); done
 
-pytest --junitxml="$results/e2e-alert.xml" --timeout=1500 -m "$markers" "$alert_test" \
+pytest --junitxml="$results/e2e-alert.xml" --timeout=1500 -m "$markers" "$alert_test" "$host_test" \
     >"$results/e2e-alert.log" 2>&1 &
 alert_pid=$!
 pytest --junitxml="$results/e2e-data.xml" --timeout=1500 -m "$markers" --durations=15 "${data_files[@]}" \
     >"$results/e2e-data.log" 2>&1 &
 data_pid=$!
 pytest --junitxml="$results/e2e.xml" --timeout=1500 -m "$markers" --durations=15 \
-    --deselect "$alert_test" --ignore "$fresh_test" --ignore "$traffic_test" "${ignore_data[@]}" tests/e2e
+    --deselect "$alert_test" --ignore "$host_test" --ignore "$fresh_test" --ignore "$traffic_test" \
+    --ignore "$last_test" \
+    "${ignore_data[@]}" tests/e2e
 app=$?
 wait "$data_pid"
 data=$?
 wait "$alert_pid"
 alert=$?
+pytest --junitxml="$results/e2e-last.xml" --timeout=1500 -m "$markers" "$last_test"
+last=$?
 # The capture ends with the last test; then its search (a few seconds).
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid"
@@ -79,7 +91,8 @@ cat "$results/e2e-data.log"
 echo "==== the alert test's process (beside the rest):"
 cat "$results/e2e-alert.log"
 rc=0
-for pair in "e2e-fresh:$fresh" "e2e:$app" "e2e-traffic:$traffic" "e2e-data:$data" "e2e-alert:$alert"; do
+for pair in "e2e-fresh:$fresh" "e2e:$app" "e2e-traffic:$traffic" "e2e-data:$data" "e2e-alert:$alert" \
+    "e2e-last:$last"; do
     name="${pair%%:*}" code="${pair##*:}"
     if [[ $code -eq 5 ]]; then
         echo "ERROR: pytest collected no tests for $name"

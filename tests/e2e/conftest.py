@@ -322,12 +322,13 @@ def internal_tls() -> ssl.SSLContext:
 
 
 def run_playbook(
-    name: str, *extra_vars: str, timeout: int = 900
+    name: str, *extra_vars: str, timeout: int = 900, inventory: Path = INVENTORY
 ) -> subprocess.CompletedProcess[str]:
-    """Run playbooks/<name> against the lab with test-only settings (the deploy tests' short
-    watch and drain, a derived release). A test of a command operators run uses
-    run_documented instead. Never raises: callers check rc and output."""
-    args = [venv_tool("ansible-playbook"), "-i", str(INVENTORY), str(REPO / "playbooks" / name)]
+    """Run playbooks/<name> against the lab (or an overlay of its inventory) with
+    test-only settings (the deploy tests' short watch and drain, a derived release). A
+    test of a command operators run uses run_documented instead. Never raises: callers
+    check rc and output."""
+    args = [venv_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / name)]
     for var in extra_vars:
         args += ["-e", var]
     return subprocess.run(

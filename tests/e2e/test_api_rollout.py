@@ -209,12 +209,17 @@ def _edge_lists(lab: Lab, host: str) -> bool:
     return f" {address}:" in conf
 
 
+@pytest.mark.slow(
+    reason="app-host-remove.yml, then edge.yml and deploy.yml (about 160 s on the lab); "
+    "test_a_new_app_host_added_and_removed_under_load runs the removal and a new host's add"
+)
 @pytest.mark.lab(shared=("data",), exclusive=("app",))  # a deploy: switches colours, loads the edge
 def test_an_app_host_removed_and_added_back_under_load(lab: Lab) -> None:
     """docs/operator-guide.md, "Remove an app host" then "Add an app host", under load
     through the edge: app-host-remove.yml with the host out of the app group, then, with
     the whole inventory, edge.yml and deploy.yml of the active release (the host has no
-    colour any more, so the deploy is not a no-op and the host joins)."""
+    colour any more, so the deploy is not a no-op and the host joins): the short way back
+    for a host that was in service, which site.yml has not yet run without."""
     colour, release = active(lab)
     host = lab.groups["app"][-1]
     state = "/var/lib/zapora/rollout/state.json"

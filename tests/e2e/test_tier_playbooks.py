@@ -142,13 +142,16 @@ def whole(lab: Lab) -> bool:
 
 
 def inventory_without(
-    host: str, groups: tuple[str, ...] = ("postgres", "etcd"), kept_in: str = "database_removed"
+    host: str,
+    groups: tuple[str, ...] = ("postgres", "etcd"),
+    kept_in: str = "database_removed",
+    base: Path = INVENTORY,
 ) -> Path:
-    """The lab's inventory with `host` out of `groups`, kept in a group of its own
-    (`kept_in`: reachable, the removal playbook stops it). Two levels under the
-    repository like inventory/lab, whose group_vars it links: they find the lab's key
-    and secrets relative to the inventory's directory."""
-    data = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
+    """The lab's inventory (or the overlay `base`) with `host` out of `groups`, kept in a
+    group of its own (`kept_in`: reachable, the removal playbook stops it). Two levels
+    under the repository like inventory/lab, whose group_vars it links: they find the
+    lab's key and secrets relative to the inventory's directory."""
+    data = yaml.safe_load((base / "hosts.yml").read_text())
     children = data["all"]["children"]
     for group in groups:
         del children[group]["hosts"][host]
