@@ -26,7 +26,7 @@ alert_test="tests/e2e/test_monitoring.py::test_instance_down_reaches_the_webhook
 # wait for those deploys anyway.
 data_files=(tests/e2e/test_backup*.py tests/e2e/test_redis_backup.py tests/e2e/test_database.py
             tests/e2e/test_database_*.py tests/e2e/test_redis.py tests/e2e/test_redis_daytwo.py
-            tests/e2e/test_failover.py tests/e2e/test_upgrade.py tests/e2e/test_rolling_changes.py)
+            tests/e2e/test_redis_members.py tests/e2e/test_failover.py tests/e2e/test_upgrade.py tests/e2e/test_rolling_changes.py)
 mkdir -p "$results"
 
 # --- The capture: every packet to, from or between the lab's hosts but SSH (the image
