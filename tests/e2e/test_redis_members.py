@@ -160,6 +160,8 @@ def test_a_replica_and_a_sentinel_leave_and_come_back_under_load(
                 ),
             )
             assert removed.returncode == 0, removed.stdout[-4000:] + removed.stderr[-2000:]
+            resets = re.findall(r"(\w+): reset; whole again after (\d+) ms", removed.stdout)
+            print(f"Sentinels reset, ms until each saw what stays again: {dict(resets)}")
             # The Sentinels left forgot the replica and mon1: no replica, the other one only.
             seen = views(lab, client, staying)
             for host, view in seen.items():
