@@ -13,7 +13,12 @@ a second master) with the key written while it was away and one written after it
 back, and every Sentinel sees two others and one replica. The order writer fails 0. A
 `finally` re-runs `site.yml --tags redis` when the tier is not whole.
 
-About 1.5-2 min on the lab; the timings are printed.
+Taking the primary's data node out is refused, naming the variable and how to move the
+primary, before anything stops.
+
+On the lab (timings printed): the first test 75-82 s (the removal 8-10 s, each Sentinel
+whole again about 1.6 s after its reset; the second run 4 s; site.yml --tags redis
+58-62 s), the refusal 4 s.
 """
 
 from __future__ import annotations
@@ -230,3 +235,34 @@ def test_a_replica_and_a_sentinel_leave_and_come_back_under_load(
         if primary is not None:
             ask(lab, client, Call(primary.primary, ("DEL", away, back)))
         print(f"test_redis_members: {time.monotonic() - started:.0f} s in all")
+
+
+def test_removing_the_primary_is_refused_naming_the_variable(
+    lab: Lab,
+    client: str,  # noqa: F811 - pytest fixture
+) -> None:
+    """The primary's data node taken out of `redis`: refused before anything stops, with
+    how to move the primary first."""
+    pair = wait_healthy(lab, client, 60)
+    primary = data_nodes(lab)[pair.primary]
+    before = views(lab, client, lab.groups["redis_sentinel"])
+    overlay = inventory_without({primary: ("redis",)}, kept_in="redis_removed")
+    try:
+        run = timed(
+            "redis-member-remove.yml (the primary)",
+            lambda: run_documented(
+                "redis-member-remove.yml",
+                inventory=overlay,
+                timeout=300,
+                redis_remove_members=[primary],
+            ),
+        )
+        out = " ".join(run.stdout.split())
+        assert run.returncode != 0, run.stdout[-3000:]
+        for words in ("names the Redis primary", "SENTINEL FAILOVER zapora"):
+            assert words in out, f"{words!r} missing: {run.stdout[-3000:]}"
+        assert unit_states(lab, primary, DATA_UNITS[:1]) == {"redis-server": "active/enabled"}
+        assert views(lab, client, lab.groups["redis_sentinel"]) == before
+    finally:
+        shutil.rmtree(overlay, ignore_errors=True)
+        heal(lab, client)
