@@ -16,9 +16,9 @@ back, and every Sentinel sees two others and one replica. The order writer fails
 Taking the primary's data node out is refused, naming the variable and how to move the
 primary, before anything stops.
 
-On the lab (timings printed): the first test 75-82 s (the removal 8-10 s, each Sentinel
-whole again about 1.6 s after its reset; the second run 4 s; site.yml --tags redis
-58-62 s), the refusal 4 s.
+On the lab (timings printed), three runs: the first test 75-84 s (the removal 8-11 s,
+each Sentinel whole again 0.9-2.0 s after its reset; the second run 4-5 s; site.yml
+--tags redis 58-63 s), the refusal 4 s.
 """
 
 from __future__ import annotations
