@@ -30,7 +30,7 @@ host_test="tests/e2e/test_new_app_host.py"
 # wait for those deploys anyway.
 data_files=(tests/e2e/test_backup*.py tests/e2e/test_redis_backup.py tests/e2e/test_database.py
             tests/e2e/test_database_*.py tests/e2e/test_redis.py tests/e2e/test_redis_daytwo.py
-            tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
+            tests/e2e/test_redis_members.py tests/e2e/test_failover.py tests/e2e/test_upgrade.py)
 # Last, alone: the rolling change of every tier leaves the lab with the changed values
 # (tests/e2e/test_rolling_changes.py says why), so it follows every test that runs
 # site.yml with the lab's inventory or reads those settings.

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -142,21 +142,25 @@ def whole(lab: Lab) -> bool:
 
 
 def inventory_without(
-    host: str,
-    groups: tuple[str, ...] = ("postgres", "etcd"),
+    host: str | Mapping[str, Sequence[str]],
+    groups: Sequence[str] = ("postgres", "etcd"),
     kept_in: str = "database_removed",
     base: Path = INVENTORY,
 ) -> Path:
     """The lab's inventory (or the overlay `base`) with `host` out of `groups`, kept in a
-    group of its own (`kept_in`: reachable, the removal playbook stops it). Two levels
-    under the repository like inventory/lab, whose group_vars it links: they find the
-    lab's key and secrets relative to the inventory's directory."""
+    group of its own (`kept_in`: reachable, the removal playbook stops it). `host` may
+    instead map several hosts to the groups each leaves (a replica leaving `redis`, mon1
+    `redis_sentinel`). Two levels under the repository like inventory/lab, whose
+    group_vars it links: they find the lab's key and secrets relative to the inventory's
+    directory."""
+    leaving = {host: groups} if isinstance(host, str) else dict(host)
     data = yaml.safe_load((base / "hosts.yml").read_text())
     children = data["all"]["children"]
-    for group in groups:
-        del children[group]["hosts"][host]
-    children[kept_in] = {"hosts": {host: None}}
-    overlay = REPO / ".cache" / f"inventory-without-{host}"
+    for name, left in leaving.items():
+        for group in left:
+            del children[group]["hosts"][name]
+    children[kept_in] = {"hosts": dict.fromkeys(leaving)}
+    overlay = REPO / ".cache" / f"inventory-without-{'-'.join(sorted(leaving))}"
     shutil.rmtree(overlay, ignore_errors=True)
     overlay.mkdir(parents=True)
     (overlay / "hosts.yml").write_text(yaml.safe_dump(data))
