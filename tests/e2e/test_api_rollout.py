@@ -209,6 +209,54 @@ def _edge_lists(lab: Lab, host: str) -> bool:
     return f" {address}:" in conf
 
 
+def assert_joined(
+    lab: Lab,
+    host: str,
+    deploy: subprocess.CompletedProcess[str],
+    load: Load,
+    before: tuple[str, str],
+) -> None:
+    """After "Add an app host"'s deploy.yml of the active release (`before`: its colour and
+    release), run under `load`: the deploy named the host as joining, the other colour now
+    serves the same release, no request failed, and the edge sends the host requests."""
+    colour, release = before
+    assert deploy.returncode == 0, deploy.stdout[-3000:]
+    said = " ".join(deploy.stdout.split())
+    assert f"No colour yet on {host}:" in said, deploy.stdout[-3000:]
+    assert active(lab) == ("green" if colour == "blue" else "blue", release)
+    assert load.failed == 0, f"clients saw failures: {dict(load.status)}"
+    with Load() as served:
+        time.sleep(8)
+    assert served.failed == 0, dict(served.status)
+    assert served.hosts(lab)[host] > 0, dict(served.hosts(lab))
+
+
+def remove_under_load(lab: Lab, host: str, overlay: Path) -> None:
+    """docs/operator-guide.md, "Remove an app host", step 2, under load through the edge:
+    app-host-remove.yml with `overlay` (the host out of the app group). No request fails,
+    the edge stops listing the host, its colours stop, its deploy state is put aside, and
+    afterwards no request reaches it."""
+    state = "/var/lib/zapora/rollout/state.json"
+    with Load() as load:
+        started = time.monotonic()
+        removed = run_documented(
+            "app-host-remove.yml", inventory=overlay, timeout=300, app_remove_hosts=[host]
+        )
+        took = time.monotonic() - started
+        time.sleep(2)
+    print(f"{host} removed under load (app-host-remove.yml {took:.0f} s): {dict(load.status)}")
+    assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr[-1000:]
+    assert load.failed == 0, f"clients saw failures: {dict(load.status)}"
+    assert not _edge_lists(lab, host), "the edge still lists the removed host"
+    assert _colours_running(lab, host) == "", "the removed host still runs a colour"
+    aside = lab.ssh(host, f"test ! -e {state} && test -e {state}.removed", check=False)
+    assert aside.returncode == 0, "the removed host's deploy state was not put aside"
+    with Load() as after:
+        time.sleep(6)
+    assert after.failed == 0 and after.served > 0, dict(after.status)
+    assert host not in after.hosts(lab), dict(after.hosts(lab))
+
+
 @pytest.mark.slow(
     reason="app-host-remove.yml, then edge.yml and deploy.yml (about 160 s on the lab); "
     "test_a_new_app_host_added_and_removed_under_load runs the removal and a new host's add"
@@ -225,22 +273,7 @@ def test_an_app_host_removed_and_added_back_under_load(lab: Lab) -> None:
     state = "/var/lib/zapora/rollout/state.json"
     overlay = inventory_without(host, groups=("app",), kept_in="app_removed")
     try:
-        with Load() as load:
-            removed = run_documented(
-                "app-host-remove.yml", inventory=overlay, timeout=300, app_remove_hosts=[host]
-            )
-            time.sleep(2)
-        print(f"{host} removed under load: {dict(load.status)}")
-        assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr[-1000:]
-        assert load.failed == 0, f"clients saw failures: {dict(load.status)}"
-        assert not _edge_lists(lab, host), "the edge still lists the removed host"
-        assert _colours_running(lab, host) == "", "the removed host still runs a colour"
-        aside = lab.ssh(host, f"test ! -e {state} && test -e {state}.removed", check=False)
-        assert aside.returncode == 0, "the removed host's deploy state was not put aside"
-        with Load() as after:
-            time.sleep(6)
-        assert after.failed == 0 and after.served > 0, dict(after.status)
-        assert host not in after.hosts(lab), dict(after.hosts(lab))
+        remove_under_load(lab, host, overlay)
 
         with Load() as back:
             edged = run_documented("edge.yml", timeout=600)
@@ -248,15 +281,7 @@ def test_an_app_host_removed_and_added_back_under_load(lab: Lab) -> None:
             time.sleep(2)
         print(f"{host} added back (edge.yml, deploy.yml) under load: {dict(back.status)}")
         assert edged.returncode == 0, edged.stdout[-3000:]
-        assert joined.returncode == 0, joined.stdout[-3000:]
-        said = " ".join(joined.stdout.split())
-        assert f"No colour yet on {host}:" in said, joined.stdout[-3000:]
-        assert active(lab) == ("green" if colour == "blue" else "blue", release)
-        assert back.failed == 0, f"clients saw failures: {dict(back.status)}"
-        with Load() as served:
-            time.sleep(8)
-        assert served.failed == 0, dict(served.status)
-        assert served.hosts(lab)[host] > 0, dict(served.hosts(lab))
+        assert_joined(lab, host, joined, back, (colour, release))
     finally:
         # A test that failed half-way leaves the host serving as before.
         if not _edge_lists(lab, host):

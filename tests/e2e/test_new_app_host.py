@@ -35,6 +35,8 @@ from tests.e2e.test_api_rollout import (
     _colours_running,
     _edge_lists,
     active,
+    assert_joined,
+    remove_under_load,
 )
 from tests.e2e.test_tier_playbooks import inventory_without, timed
 
@@ -45,7 +47,6 @@ OVERLAY = REPO / ".cache" / f"inventory-with-{NEW_HOST}"
 # The tiers whose hosts list the app hosts: the firewalls (the database, Redis and
 # Sentinel hosts admit them), pg_hba, the edges' upstreams, Prometheus's targets.
 JOIN_TAGS = "--tags firewall,postgresql,nginx,prometheus"
-STATE = "/var/lib/zapora/rollout/state.json"
 
 
 def grown(lab: Lab) -> Lab:
@@ -120,7 +121,7 @@ def test_2_the_new_host_joins_and_leaves_under_load(lab: Lab) -> None:
     more = grown(lab)
     ready = more.ssh(NEW_HOST, "systemctl is-active docker", check=False)
     assert ready.returncode == 0, f"{NEW_HOST} was not made and converged by test 1"
-    colour, release = active(lab)
+    before = active(lab)
     with Load() as adding:
         joined_tiers = timed(
             f"site.yml {JOIN_TAGS} (app3 joins)",
@@ -139,39 +140,14 @@ def test_2_the_new_host_joins_and_leaves_under_load(lab: Lab) -> None:
         )
         time.sleep(2)
     print(f"{NEW_HOST} added under load: {dict(adding.status)}")
-    assert joined.returncode == 0, joined.stdout[-3000:]
-    said = " ".join(joined.stdout.split())
-    assert f"No colour yet on {NEW_HOST}:" in said, joined.stdout[-3000:]
-    assert active(more) == ("green" if colour == "blue" else "blue", release)
-    assert adding.failed == 0, f"clients saw failures: {dict(adding.status)}"
-    with Load() as served:
-        time.sleep(8)
-    assert served.failed == 0, dict(served.status)
-    assert served.hosts(more)[NEW_HOST] > 0, dict(served.hosts(more))
+    assert_joined(more, NEW_HOST, joined, adding, before)
     assert more.hosts[NEW_HOST].address in _prometheus_targets(lab)
 
     shrunk = inventory_without(NEW_HOST, groups=("app",), kept_in="app_removed", base=OVERLAY)
-    with Load() as removing:
-        removed = timed(
-            "app-host-remove.yml (app3)",
-            lambda: run_documented(
-                "app-host-remove.yml", inventory=shrunk, timeout=300, app_remove_hosts=[NEW_HOST]
-            ),
-        )
-        time.sleep(2)
-    print(f"{NEW_HOST} removed under load: {dict(removing.status)}")
-    assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr[-1000:]
-    assert removing.failed == 0, f"clients saw failures: {dict(removing.status)}"
-    assert not _edge_lists(more, NEW_HOST), "the edge still lists the removed host"
-    assert _colours_running(more, NEW_HOST) == "", "the removed host still runs a colour"
-    aside = more.ssh(NEW_HOST, f"test ! -e {STATE} && test -e {STATE}.removed", check=False)
-    assert aside.returncode == 0, "the removed host's deploy state was not put aside"
-    # Its API and worker targets go now; its node_exporter's with the next step (test 3).
+    remove_under_load(more, NEW_HOST, shrunk)
+    # Its API and worker targets went with it; its node_exporter's goes with the next
+    # step (test 3).
     assert more.hosts[NEW_HOST].address not in _prometheus_targets(lab, api_only=True)
-    with Load() as after:
-        time.sleep(6)
-    assert after.failed == 0 and after.served > 0, dict(after.status)
-    assert NEW_HOST not in after.hosts(more), dict(after.hosts(more))
 
 
 @pytest.mark.lab(shared=("app", "data"))  # the host is out of every list but the firewalls'

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -54,3 +56,26 @@ def run_ansible_playbook(
             **(env or {}),
         },
     )
+
+
+def run_unreachable(
+    tmp_path: Path, playbook: str, children: dict[str, list[str]], extra: object
+) -> str:
+    """playbooks/<playbook> on an inventory of `children` (group -> hosts) whose every host's
+    address is unreachable, with `extra` as its extra vars (None: none): for a preflight
+    that must refuse before it reaches a host. Fails when the run passed (it reached no
+    host); returns the output, folded onto one line."""
+    names = dict.fromkeys(h for members in children.values() for h in members)
+    hosts = {
+        h: {"ansible_host": "192.0.2.1", "ansible_port": 9, "ansible_connection": "ssh"}
+        for h in names
+    }
+    groups = {g: {"hosts": dict.fromkeys(members)} for g, members in children.items()}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": hosts, "children": groups}}))
+    args = ["-i", str(inventory), str(REPO / "playbooks" / playbook)]
+    if extra is not None:
+        args += ["-e", json.dumps(extra)]
+    result = run_ansible_playbook(tmp_path, args, env={"ANSIBLE_TIMEOUT": "2"})
+    assert result.returncode != 0, "the run reached no host, yet it passed"
+    return " ".join((result.stdout + result.stderr).split())
