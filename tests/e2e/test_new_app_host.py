@@ -38,7 +38,7 @@ from tests.e2e.test_api_rollout import (
     assert_joined,
     remove_under_load,
 )
-from tests.e2e.test_tier_playbooks import inventory_without, timed
+from tests.e2e.test_tier_playbooks import inventory_without, timed, write_overlay
 
 pytestmark = pytest.mark.e2e
 
@@ -60,10 +60,7 @@ def grown(lab: Lab) -> Lab:
     data = yaml.safe_load((INVENTORY / "hosts.yml").read_text())
     data["all"]["hosts"][NEW_HOST] = {"ansible_host": address, "lab_docker_volume": True}
     data["all"]["children"]["app"]["hosts"][NEW_HOST] = None
-    shutil.rmtree(OVERLAY, ignore_errors=True)
-    OVERLAY.mkdir(parents=True)
-    (OVERLAY / "hosts.yml").write_text(yaml.safe_dump(data))
-    (OVERLAY / "group_vars").symlink_to(INVENTORY / "group_vars")
+    write_overlay(OVERLAY.name, data)
     return dataclasses.replace(
         lab,
         hosts={**lab.hosts, NEW_HOST: LabHost(NEW_HOST, address, ["app"])},

@@ -160,10 +160,16 @@ def inventory_without(
         for group in left:
             del children[group]["hosts"][name]
     children[kept_in] = {"hosts": dict.fromkeys(leaving)}
-    overlay = REPO / ".cache" / f"inventory-without-{'-'.join(sorted(leaving))}"
+    return write_overlay(f"inventory-without-{'-'.join(sorted(leaving))}", data)
+
+
+def write_overlay(name: str, hosts: dict[str, object]) -> Path:
+    """.cache/<name>: an inventory whose hosts.yml is `hosts`, beside a link to the lab's
+    group_vars (replacing what was there)."""
+    overlay = REPO / ".cache" / name
     shutil.rmtree(overlay, ignore_errors=True)
     overlay.mkdir(parents=True)
-    (overlay / "hosts.yml").write_text(yaml.safe_dump(data))
+    (overlay / "hosts.yml").write_text(yaml.safe_dump(hosts))
     (overlay / "group_vars").symlink_to(INVENTORY / "group_vars")
     return overlay
 
